@@ -1,0 +1,175 @@
+"""Loading a config: from a file (JSON or YAML) or from the environment.
+
+Validation is two passes over the raw data, and both always run so that the
+user sees every problem at once: the structural pass (pydantic: types, unknown
+keys, ranges) and the semantic pass (topic filters, references between
+sections). Nothing connects before both pass.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import yaml
+from pydantic import ValidationError
+
+from unsflow.config.models import PipelineConfig, pipeline_model
+from unsflow.engine.topics import filter_problem
+from unsflow.errors import ConfigError, ConfigIssue
+
+__all__ = ["load_config", "load_config_text", "parse_config", "ENV_CONFIG", "ENV_HOST", "ENV_PORT"]
+
+ENV_CONFIG = "EDGE_SUBSCRIPTION_CONFIG"
+ENV_HOST = "EDGE_BROKER_HOST"
+ENV_PORT = "EDGE_MQTT_PORT"
+
+
+def load_config(path: str | os.PathLike[str] | None = None,
+                env: Mapping[str, str] | None = None) -> PipelineConfig:
+    """Load and validate a config file, or ``EDGE_SUBSCRIPTION_CONFIG`` when ``path`` is None."""
+    env = os.environ if env is None else env
+    if path is None:
+        text = env.get(ENV_CONFIG)
+        if not text:
+            raise ConfigError(
+                [ConfigIssue(ENV_CONFIG, "a config file argument or inline JSON in " + ENV_CONFIG,
+                             "neither")],
+                source="environment",
+            )
+        return load_config_text(text, fmt="json", source=ENV_CONFIG, env=env)
+    p = Path(path)
+    try:
+        text = p.read_text(encoding="utf-8")
+    except OSError as exc:
+        raise ConfigError([ConfigIssue("", "a readable config file", f"{exc.strerror}: {p}")],
+                          source=str(p)) from exc
+    fmt = "yaml" if p.suffix.lower() in (".yaml", ".yml") else "json"
+    return load_config_text(text, fmt=fmt, source=str(p), env=env)
+
+
+def load_config_text(text: str, *, fmt: str = "json", source: str = "config",
+                     env: Mapping[str, str] | None = None) -> PipelineConfig:
+    """Parse ``text`` as JSON or YAML and validate it."""
+    try:
+        data = yaml.safe_load(text) if fmt == "yaml" else json.loads(text)
+    except (json.JSONDecodeError, yaml.YAMLError) as exc:
+        raise ConfigError([ConfigIssue("", f"valid {fmt.upper()}", str(exc).splitlines()[0])],
+                          source=source) from exc
+    return parse_config(data, source=source, env=env)
+
+
+def parse_config(data: Any, *, source: str = "config",
+                 env: Mapping[str, str] | None = None) -> PipelineConfig:
+    """Validate already-parsed data; raise ConfigError listing every problem."""
+    env = os.environ if env is None else env
+    if not isinstance(data, dict):
+        raise ConfigError([ConfigIssue("", "an object with targets and subscriptions",
+                                       type(data).__name__)], source=source)
+    issues: list[ConfigIssue] = []
+    config: PipelineConfig | None = None
+    try:
+        config = pipeline_model().model_validate(data)
+    except ValidationError as exc:
+        issues.extend(_structural_issues(exc, data))
+    issues.extend(_semantic_issues(data))
+    port = _env_port(env, issues)
+    if issues or config is None:
+        raise ConfigError(_dedupe(issues), source=source)
+    broker = config.mqtt_broker
+    update: dict[str, Any] = {}
+    if broker.host is None:
+        update["host"] = env.get(ENV_HOST) or "localhost"
+    if broker.port is None:
+        update["port"] = port or (8883 if broker.tls else 1883)
+    if update:
+        config = config.model_copy(update={"mqtt_broker": broker.model_copy(update=update)})
+    return config
+
+
+def _env_port(env: Mapping[str, str], issues: list[ConfigIssue]) -> int | None:
+    raw = env.get(ENV_PORT)
+    if not raw:
+        return None
+    try:
+        port = int(raw)
+    except ValueError:
+        port = -1
+    if not 1 <= port <= 65535:
+        issues.append(ConfigIssue(ENV_PORT, "a port number 1..65535", repr(raw)))
+        return None
+    return port
+
+
+def _short(value: Any) -> str:
+    text = repr(value)
+    return text if len(text) <= 80 else text[:77] + "..."
+
+
+def _structural_issues(exc: ValidationError, data: dict[str, Any]) -> list[ConfigIssue]:
+    issues = []
+    for err in exc.errors():
+        loc = list(err["loc"])
+        # A discriminated union adds the type tag to the path; a user never wrote it.
+        if len(loc) > 2 and loc[0] in ("targets", "processors"):
+            item = data.get(loc[0], {}).get(loc[1]) if isinstance(data.get(loc[0]), dict) else None
+            if isinstance(item, dict) and loc[2] == item.get("type"):
+                del loc[2]
+        # A `str | list[str]` field reports one error per member; the path says enough.
+        loc = [part for part in loc if part not in ("str", "list[str]")]
+        path = ".".join(str(part) for part in loc)
+        kind = err["type"]
+        if kind == "missing":
+            issues.append(ConfigIssue(path, "a value (required key)", "nothing"))
+        elif kind == "extra_forbidden":
+            issues.append(ConfigIssue(path, "no such key (unknown keys are errors)",
+                                      f"key {loc[-1]!r}"))
+        elif kind == "union_tag_invalid":
+            tags = err.get("ctx", {}).get("expected_tags", "")
+            issues.append(ConfigIssue(path + ".type", f"one of {tags}", _short(err["input"].get("type")
+                                      if isinstance(err["input"], dict) else err["input"])))
+        elif kind == "union_tag_not_found":
+            issues.append(ConfigIssue(path + ".type", "a 'type' key naming the component",
+                                      "nothing"))
+        else:
+            issues.append(ConfigIssue(path, err["msg"].replace("Input should be ", ""),
+                                      _short(err["input"])))
+    return issues
+
+
+def _semantic_issues(data: dict[str, Any]) -> list[ConfigIssue]:
+    issues: list[ConfigIssue] = []
+    targets = data.get("targets") if isinstance(data.get("targets"), dict) else {}
+    processors = data.get("processors") if isinstance(data.get("processors"), dict) else {}
+    subs = data.get("subscriptions")
+    if isinstance(subs, dict):
+        for flt, sub in subs.items():
+            problem = filter_problem(flt)
+            if problem:
+                issues.append(ConfigIssue(f"subscriptions.{flt}", problem, repr(flt)))
+            if not isinstance(sub, dict):
+                continue
+            names = sub.get("target")
+            for name in [names] if isinstance(names, str) else (names or []):
+                if isinstance(name, str) and name not in targets:
+                    issues.append(ConfigIssue(
+                        f"subscriptions.{flt}.target",
+                        f"the name of a target in 'targets' ({', '.join(sorted(targets)) or 'none'})",
+                        repr(name)))
+    for tname, target in targets.items():
+        if not isinstance(target, dict) or not isinstance(target.get("processors"), list):
+            continue
+        for i, pname in enumerate(target["processors"]):
+            if isinstance(pname, str) and pname not in processors:
+                issues.append(ConfigIssue(
+                    f"targets.{tname}.processors.{i}",
+                    f"the name of a processor in 'processors' ({', '.join(sorted(processors)) or 'none'})",
+                    repr(pname)))
+    return issues
+
+
+def _dedupe(issues: list[ConfigIssue]) -> list[ConfigIssue]:
+    return list(dict.fromkeys(issues))

@@ -1,0 +1,211 @@
+"""Config models: the reference edge solution's JSON format, and what extends it.
+
+Keys are kebab-case. Every model forbids unknown keys. Component configs (a
+target's, a processor's) subclass :class:`TargetConfig` or
+:class:`ProcessorConfig` and live beside their component; the root model is
+assembled from the registry by :func:`pipeline_model`, so a plugin's config
+is validated and appears in the JSON Schema like a built-in one.
+"""
+
+from __future__ import annotations
+
+from functools import lru_cache
+from typing import Annotated, Any, Literal, Union
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator
+
+from unsflow import registry
+
+__all__ = [
+    "Model",
+    "SecretRef",
+    "TlsConfig",
+    "BrokerConfig",
+    "BatchingConfig",
+    "ComponentConfig",
+    "TargetConfig",
+    "ProcessorConfig",
+    "SubscriptionConfig",
+    "DeadLetterConfig",
+    "PipelineConfig",
+    "pipeline_model",
+]
+
+
+def _kebab(name: str) -> str:
+    return name.replace("_", "-")
+
+
+class Model(BaseModel):
+    """Base of every config model: kebab-case keys, unknown keys rejected."""
+
+    model_config = ConfigDict(
+        extra="forbid",
+        alias_generator=_kebab,
+        populate_by_name=True,
+        frozen=True,
+    )
+
+
+class SecretRef(Model):
+    """A reference to a credential in a secret store; never the credential itself.
+
+    ``provider`` picks the store. Without it, a reference with ``secret-region``
+    means AWS Secrets Manager (as in the reference config), and one without
+    means ``env``.
+    """
+
+    secret_name: str = Field(min_length=1, description="Name of the secret in its store.")
+    secret_region: str | None = Field(None, description="Cloud region of the secret store.")
+    provider: str | None = Field(
+        None, description="Secret provider: env, file, aws-secrets-manager or a plugin's name."
+    )
+    path: str | None = Field(
+        None, description="file provider: the file (or directory holding secret-name) to read."
+    )
+    endpoint: str | None = Field(None, description="Override of the secret store's endpoint URL.")
+
+    @property
+    def provider_name(self) -> str:
+        if self.provider:
+            return self.provider
+        return "aws-secrets-manager" if self.secret_region else "env"
+
+
+class TlsConfig(Model):
+    """TLS for an MQTT connection."""
+
+    ca_file: str | None = Field(None, description="CA bundle (PEM) to verify the broker.")
+    cert_file: str | None = Field(None, description="Client certificate (PEM) for mutual TLS.")
+    key_file: str | None = Field(None, description="Client private key (PEM).")
+    insecure: bool = Field(False, description="Skip hostname and certificate checks (tests only).")
+
+
+class BrokerConfig(Model):
+    """How to reach the UNS broker. Host and port default to EDGE_BROKER_HOST / EDGE_MQTT_PORT."""
+
+    host: str | None = Field(None, description="Broker host; default EDGE_BROKER_HOST or localhost.")
+    port: int | None = Field(None, ge=1, le=65535, description="Default EDGE_MQTT_PORT or 1883/8883.")
+    client_id: str | None = Field(
+        None, description="Fixed client id. Needed for a persistent session; default is random."
+    )
+    protocol_version: Literal["5", "3.1.1"] = Field("5", description="MQTT protocol version.")
+    clean_start: bool | None = Field(
+        None,
+        description="Start a new session. Default: false with a fixed client-id "
+        "(persistent session), true without one.",
+    )
+    session_expiry: int = Field(
+        86400, ge=0, le=0xFFFFFFFF, description="Seconds the broker keeps the session (MQTT 5)."
+    )
+    keepalive: int = Field(60, ge=5, le=65535, description="Keep-alive in seconds.")
+    receive_maximum: int = Field(
+        1000, ge=1, le=65535,
+        description="MQTT 5 in-flight window: unacknowledged QoS 1/2 messages the broker may send.",
+    )
+    tls: TlsConfig | None = Field(None, description="Use TLS with these settings.")
+    reconnect_min: float = Field(0.5, gt=0, description="First reconnect delay, seconds.")
+    reconnect_max: float = Field(30.0, gt=0, description="Reconnect delay cap, seconds.")
+
+    @property
+    def persistent(self) -> bool:
+        if self.clean_start is not None:
+            return not self.clean_start
+        return self.client_id is not None
+
+
+class BatchingConfig(Model):
+    """How a target groups records before one durable write."""
+
+    max_records: int = Field(10000, ge=1, description="Flush at this many records.")
+    max_bytes: int = Field(16 * 1024 * 1024, ge=1024, description="Flush at this many payload bytes.")
+    max_age: float = Field(1.0, gt=0, description="Flush when the oldest record is this old (s).")
+
+
+class ComponentConfig(Model):
+    """Base of component configs: ``type`` selects the registered class."""
+
+    type: str
+
+
+class ProcessorConfig(ComponentConfig):
+    """Base of processor configs."""
+
+
+class TargetConfig(ComponentConfig):
+    """Base of target configs."""
+
+    event_type: Literal["single", "batch"] = Field(
+        "single", description="single: a payload is one record; batch: a JSON array of records."
+    )
+    processors: list[str] = Field(
+        default_factory=list, description="Processors applied in order before the target."
+    )
+
+
+class SubscriptionConfig(Model):
+    """One topic filter: its QoS and where its messages go."""
+
+    qos: int = Field(1, ge=0, le=2, description="Subscription QoS: 0, 1 or 2.")
+    target: str | list[str] = Field(description="Target name (or names) for matching messages.")
+
+    @property
+    def target_names(self) -> list[str]:
+        return [self.target] if isinstance(self.target, str) else list(self.target)
+
+
+class DeadLetterConfig(Model):
+    """Where messages that can never succeed are written, with the reason."""
+
+    path: str = Field(
+        "./unsflow-deadletter.jsonl",
+        description="JSON-lines file: original payload, topic, error, stage, attempts.",
+    )
+
+
+class PipelineConfig(Model):
+    """The whole pipeline. Sections and keys follow the reference edge solution."""
+
+    mqtt_broker_credential: SecretRef | None = Field(
+        None, description="Credential for the UNS broker (username and password)."
+    )
+    mqtt_broker: BrokerConfig = Field(default_factory=BrokerConfig)
+    targets: dict[str, TargetConfig]
+    processors: dict[str, ProcessorConfig] = Field(default_factory=dict)
+    subscriptions: dict[str, SubscriptionConfig]
+    dead_letter: DeadLetterConfig = Field(default_factory=DeadLetterConfig)
+    batch_size: int = Field(
+        2000, ge=1, le=100000, description="Most messages a source hands on in one batch."
+    )
+    shutdown_timeout: float = Field(
+        25.0, gt=0, description="Seconds SIGTERM waits for in-flight batches."
+    )
+
+    @field_validator("subscriptions")
+    @classmethod
+    def _check_filters(cls, value: dict[str, SubscriptionConfig]) -> dict[str, SubscriptionConfig]:
+        if not value:
+            raise ValueError("at least one subscription")
+        return value
+
+
+def _union(classes: list[type]) -> Any:
+    if len(classes) == 1:
+        return classes[0]
+    return Annotated[Union[tuple(classes)], Field(discriminator="type")]  # noqa: UP007
+
+
+@lru_cache(maxsize=1)
+def pipeline_model() -> type[PipelineConfig]:
+    """The root model with every registered target and processor config in its unions."""
+    from pydantic import create_model
+
+    targets = [cls.config_class for cls in registry.load_all("targets").values()]
+    processors = [cls.config_class for cls in registry.load_all("processors").values()]
+    model = create_model(
+        "Pipeline",
+        __base__=PipelineConfig,
+        targets=(dict[str, _union(targets)], ...),  # type: ignore[valid-type]
+        processors=(dict[str, _union(processors)], Field(default_factory=dict)),  # type: ignore[valid-type]
+    )
+    return model

@@ -1,0 +1,1 @@
+"""The pipeline engine: routing, acknowledgement, retries, dead letter, supervision."""

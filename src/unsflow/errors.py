@@ -1,0 +1,101 @@
+"""The whole unsflow exception tree.
+
+::
+
+    UnsflowError
+    ├── ConfigError              the config is not whole; carries every ConfigIssue
+    ├── SecretError              a secret reference cannot be resolved (never its value)
+    ├── ComponentError           raised by a source, processor or target; carries component_id
+    │   ├── NotConnected         transient: the system is unreachable; retry with backoff
+    │   ├── TransientError       transient: a retry may succeed (timeout, 5xx, broker busy)
+    │   └── PermanentError       retrying cannot fix it; the message goes to the dead letter
+    │       └── DecodeError      a payload that cannot be decoded into a record
+    └── MissingDependency        an optional extra is not installed; names the extra
+
+Third-party exceptions (gmqtt, httpx, pyarrow, obstore) are mapped to these at
+the component boundary: ``raise TransientError(...) from exc``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+__all__ = [
+    "UnsflowError",
+    "ConfigError",
+    "ConfigIssue",
+    "SecretError",
+    "ComponentError",
+    "NotConnected",
+    "TransientError",
+    "PermanentError",
+    "DecodeError",
+    "MissingDependency",
+]
+
+
+class UnsflowError(Exception):
+    """Base of every error unsflow raises on purpose."""
+
+
+@dataclass(frozen=True)
+class ConfigIssue:
+    """One problem in a config: where, what was expected, what was found."""
+
+    path: str
+    expected: str
+    found: str
+
+    def __str__(self) -> str:
+        return f"{self.path or '<root>'}: expected {self.expected}, found {self.found}"
+
+
+class ConfigError(UnsflowError):
+    """The config cannot run. ``issues`` lists every problem, each with its key path."""
+
+    def __init__(self, issues: list[ConfigIssue], source: str = "config") -> None:
+        self.issues = list(issues)
+        self.source = source
+        lines = "\n".join(f"  {issue}" for issue in self.issues)
+        super().__init__(f"{source}: {len(self.issues)} error(s)\n{lines}")
+
+
+class SecretError(UnsflowError):
+    """A secret reference cannot be resolved. The message names the secret, never its value."""
+
+
+class ComponentError(UnsflowError):
+    """An error raised by a component; ``component_id`` says which."""
+
+    def __init__(self, message: str, *, component_id: str = "") -> None:
+        self.component_id = component_id
+        prefix = f"[{component_id}] " if component_id else ""
+        super().__init__(prefix + message)
+
+
+class NotConnected(ComponentError):
+    """The external system is unreachable; the engine retries with backoff."""
+
+
+class TransientError(ComponentError):
+    """A failure that a retry may fix."""
+
+
+class PermanentError(ComponentError):
+    """A failure that no retry can fix; the message goes to the dead letter."""
+
+
+class DecodeError(PermanentError):
+    """A payload that cannot be decoded into a record."""
+
+
+class MissingDependency(UnsflowError):
+    """An optional dependency is missing; the message names the extra to install."""
+
+    def __init__(self, module: str, extra: str) -> None:
+        self.module = module
+        self.extra = extra
+        super().__init__(
+            f"the Python module {module!r} is not installed; "
+            f"install it with: pip install 'unsflow[{extra}]'"
+        )
