@@ -7,7 +7,7 @@ it instead of parsing ``payload`` again. Batches are plain lists of messages.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 __all__ = ["Message", "Batch", "Failure", "NOT_DECODED"]
@@ -46,7 +46,7 @@ class Message:
     record: Any = NOT_DECODED
     source_id: str = ""
     attempts: int = 0
-    headers: dict[str, Any] = field(default_factory=dict)
+    headers: dict[str, Any] | None = None
 
     def derive(self, *, record: Any = NOT_DECODED, payload: bytes | None = None,
                topic: str | None = None) -> "Message":
@@ -61,7 +61,7 @@ class Message:
             record=record,
             source_id=self.source_id,
             attempts=self.attempts,
-            headers=dict(self.headers),
+            headers=self.headers,
         )
 
 

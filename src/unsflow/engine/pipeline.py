@@ -1,0 +1,183 @@
+"""Pipeline: builds the components of a config and runs them.
+
+Flow: the source hands a batch; the router splits it by target (a message
+matching several subscriptions reaches each distinct target once); each
+target path runs concurrently; when all paths of the batch are done the
+source acknowledges the batch. At most ``max_in_flight`` batches are in
+flight; beyond that the pipeline stops reading (backpressure).
+
+Stop: the source stops being read, in-flight batches get ``shutdown_timeout``
+seconds to finish, targets flush and close, and the source disconnects
+without unsubscribing. Whatever was not acknowledged is redelivered by the
+broker to the next run.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from typing import Any
+
+from unsflow import registry
+from unsflow.components import Context
+from unsflow.config.models import PipelineConfig
+from unsflow.engine.deadletter import DeadLetter
+from unsflow.engine.path import TargetPath
+from unsflow.engine.topics import TopicMatcher
+from unsflow.message import Message
+from unsflow.processors.base import Processor
+from unsflow.sources.base import Source
+
+__all__ = ["Pipeline", "build_source"]
+
+log = logging.getLogger("unsflow.engine")
+
+
+def build_source(config: PipelineConfig, context: Context) -> Source:
+    from unsflow.sources.mqtt import MqttSource
+
+    subs = {flt: sub.qos for flt, sub in config.subscriptions.items()}
+    return MqttSource("uns", config.mqtt_broker, config.mqtt_broker_credential, subs, context,
+                      batch_size=config.batch_size)
+
+
+class Pipeline:
+    """A running pipeline for one config."""
+
+    def __init__(self, config: PipelineConfig, context: Context | None = None,
+                 source: Source | None = None, *, max_in_flight: int = 16) -> None:
+        self.config = config
+        self.context = context or Context()
+        self.source = source or build_source(config, self.context)
+        self.dead_letter = DeadLetter(config.dead_letter.path)
+        self.processors: dict[str, Processor] = {}
+        for name, pcfg in config.processors.items():
+            cls = registry.load("processors", pcfg.type)
+            self.processors[name] = cls(name, pcfg, self.context)
+        self.paths: dict[str, TargetPath] = {}
+        for name, tcfg in config.targets.items():
+            cls = registry.load("targets", tcfg.type)
+            chain = [self.processors[p] for p in tcfg.processors]
+            self.paths[name] = TargetPath(cls(name, tcfg, self.context), chain, self.dead_letter)
+        self.matcher = TopicMatcher(
+            {flt: sub.target_names for flt, sub in config.subscriptions.items()})
+        self.max_in_flight = max_in_flight
+        self._slots = asyncio.Semaphore(max_in_flight)
+        self._tasks: set[asyncio.Task[None]] = set()
+        self._batch_no = 0
+        self.unrouted = 0
+        self.started_at = 0.0
+
+    async def start(self) -> None:
+        """Start processors and targets, then connect the source."""
+        for proc in self.processors.values():
+            await proc.start()
+        for path in self.paths.values():
+            await path.target.start()
+        await self.source.start()
+        self.started_at = time.time()
+
+    async def run(self, stop: asyncio.Event) -> None:
+        """Run until ``stop`` is set, then drain and close (see module docstring)."""
+        await self.start()
+        reader = asyncio.create_task(self._read_loop(), name="pipeline-reader")
+        stopper = asyncio.create_task(stop.wait(), name="pipeline-stop-wait")
+        try:
+            done, _ = await asyncio.wait({reader, stopper}, return_when=asyncio.FIRST_COMPLETED)
+            if reader in done:
+                reader.result()  # a failed reader is fatal: raise it
+        finally:
+            reader.cancel()
+            stopper.cancel()
+            await asyncio.gather(reader, stopper, return_exceptions=True)
+            await self.shutdown()
+
+    async def _read_loop(self) -> None:
+        while True:
+            await self._slots.acquire()
+            try:
+                messages, token = await self.source.read()
+            except BaseException:
+                self._slots.release()
+                raise
+            self._batch_no += 1
+            task = asyncio.create_task(self._deliver(messages, token),
+                                       name=f"deliver-{self._batch_no}")
+            self._tasks.add(task)
+            task.add_done_callback(self._task_done)
+
+    def _task_done(self, task: asyncio.Task[None]) -> None:
+        self._tasks.discard(task)
+        self._slots.release()
+        if not task.cancelled() and task.exception() is not None:
+            log.error("delivery task %s failed: %r", task.get_name(), task.exception())
+
+    def route(self, messages: list[Message]) -> dict[str, list[Message]]:
+        """Split a batch by target name; each distinct target gets a message once."""
+        groups: dict[str, list[Message]] = {}
+        matcher = self.matcher
+        for msg in messages:
+            targets = matcher(msg.topic)
+            if not targets:
+                self.unrouted += 1
+            for name in targets:
+                group = groups.get(name)
+                if group is None:
+                    groups[name] = [msg]
+                else:
+                    group.append(msg)
+        return groups
+
+    async def _deliver(self, messages: list[Message], token: Any) -> None:
+        groups = self.route(messages)
+        if len(groups) == 1:
+            ((name, batch),) = groups.items()
+            await self.paths[name].handle(batch)
+        elif groups:
+            await asyncio.gather(*(self.paths[n].handle(b) for n, b in groups.items()))
+        self.source.ack(token)
+
+    async def shutdown(self) -> None:
+        """Drain in-flight batches within the deadline, flush targets, disconnect."""
+        deadline = self.config.shutdown_timeout
+        pending: set[asyncio.Task[None]] = set(self._tasks)
+        if pending:
+            log.info("stopping: waiting up to %.0fs for %d in-flight batch(es)",
+                     deadline, len(pending))
+            # Targets that batch by age complete their writers on their own timer.
+            _, pending = await asyncio.wait(pending, timeout=deadline * 0.8)
+        # stop() flushes what targets still buffer, completing writers that wait on it.
+        stops = asyncio.gather(*(self._stop_target(p) for p in self.paths.values()))
+        if pending:
+            _, pending = await asyncio.wait(pending, timeout=deadline * 0.2)
+            for task in pending:
+                task.cancel()
+            if pending:
+                log.warning("stopping: %d batch(es) not finished in time; the broker will "
+                            "redeliver them", len(pending))
+                await asyncio.gather(*pending, return_exceptions=True)
+        await stops
+        for proc in self.processors.values():
+            try:
+                await proc.stop()
+            except Exception:  # closing: report and go on closing the others
+                log.exception("[%s] error while stopping", proc.id)
+        await self.source.stop()
+        log.info("stopped: %s", self.summary())
+
+    async def _stop_target(self, path: TargetPath) -> None:
+        try:
+            await path.target.stop()
+        except Exception:  # closing: report and go on closing the others
+            log.exception("[%s] error while stopping", path.id)
+
+    def summary(self) -> dict[str, Any]:
+        src = self.source
+        return {
+            "received": getattr(src, "received", None),
+            "acked": getattr(src, "acked", None),
+            "unrouted": self.unrouted,
+            "dead_lettered": self.dead_letter.count,
+            "targets": {n: vars(p.stats) for n, p in self.paths.items()},
+        }

@@ -1,0 +1,16 @@
+"""Docstring examples are part of the docs; they must stay true."""
+
+import doctest
+import importlib
+
+import pytest
+
+MODULES = ["unsflow.codecs", "unsflow.engine.topics", "unsflow.engine.backoff",
+           "unsflow.targets.mqtt"]
+
+
+@pytest.mark.parametrize("name", MODULES)
+def test_docstring_examples(name):
+    result = doctest.testmod(importlib.import_module(name))
+    assert result.attempted > 0, f"{name} has no examples"
+    assert result.failed == 0
