@@ -174,3 +174,14 @@ def test_cli_schema_prints_json_schema():
     r = run_cli("schema")
     assert r.returncode == 0
     jsonschema.Draft202012Validator.check_schema(json.loads(r.stdout))
+
+
+def test_config_reference_is_current():
+    import importlib.util
+
+    path = Path(__file__).parents[2] / "scripts" / "gen_config_reference.py"
+    spec = importlib.util.spec_from_file_location("gen_config_reference", path)
+    gen = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(gen)
+    assert gen.OUT.read_text() == gen.render(), (
+        "docs/config-reference.md is stale: run python scripts/gen_config_reference.py")

@@ -169,11 +169,15 @@ class PipelineConfig(Model):
     mqtt_broker_credential: SecretRef | None = Field(
         None, description="Credential for the UNS broker (username and password)."
     )
-    mqtt_broker: BrokerConfig = Field(default_factory=BrokerConfig)
-    targets: dict[str, TargetConfig]
-    processors: dict[str, ProcessorConfig] = Field(default_factory=dict)
-    subscriptions: dict[str, SubscriptionConfig]
-    dead_letter: DeadLetterConfig = Field(default_factory=DeadLetterConfig)
+    mqtt_broker: BrokerConfig = Field(
+        default_factory=BrokerConfig, description="Connection to the UNS broker (all optional).")
+    targets: dict[str, TargetConfig] = Field(description="Targets by name; `type` selects one.")
+    processors: dict[str, ProcessorConfig] = Field(
+        default_factory=dict, description="Processors by name, attached to targets.")
+    subscriptions: dict[str, SubscriptionConfig] = Field(
+        description="Topic filter (+, #, $share/GROUP/FILTER) to QoS and target.")
+    dead_letter: DeadLetterConfig = Field(
+        default_factory=DeadLetterConfig, description="Where failures that retry cannot fix go.")
     batch_size: int = Field(
         2000, ge=1, le=100000, description="Most messages a source hands on in one batch."
     )
@@ -205,7 +209,7 @@ def pipeline_model() -> type[PipelineConfig]:
     model = create_model(
         "Pipeline",
         __base__=PipelineConfig,
-        targets=(dict[str, _union(targets)], ...),  # type: ignore[valid-type]
-        processors=(dict[str, _union(processors)], Field(default_factory=dict)),  # type: ignore[valid-type]
+        targets=(dict[str, _union(targets)], PipelineConfig.model_fields["targets"]),  # type: ignore[valid-type]
+        processors=(dict[str, _union(processors)], PipelineConfig.model_fields["processors"]),  # type: ignore[valid-type]
     )
     return model

@@ -36,7 +36,7 @@ import re
 from collections.abc import Callable
 from typing import Any, Literal
 
-from pydantic import Field, field_validator, model_validator
+from pydantic import Field, ValidationInfo, field_validator
 from pydantic_core import PydanticCustomError
 
 from unsflow.codecs import decode_json
@@ -59,13 +59,14 @@ class PythonProcessorConfig(ProcessorConfig):
         description="The function to call, as package.module:function.",
         json_schema_extra={"pattern": FUNCTION_PATTERN},
     )
-    options: dict[str, Any] = Field(
-        default_factory=dict, description="Keyword arguments passed to the function."
-    )
     mode: Literal["record", "batch"] = Field(
         "record",
         description="record: fn(record, topic, **options) per message; "
         "batch: fn(messages, **options) per batch.",
+    )
+    # Declared after `mode`: the options validator reads it.
+    options: dict[str, Any] = Field(
+        default_factory=dict, description="Keyword arguments passed to the function."
     )
 
     @field_validator("function")
@@ -75,17 +76,21 @@ class PythonProcessorConfig(ProcessorConfig):
             raise PydanticCustomError("function_ref", "a function as 'package.module:function'")
         return value
 
-    @model_validator(mode="after")
-    def _options_fit_signature(self) -> PythonProcessorConfig:
-        taken = {"record", "topic"} if self.mode == "record" else {"messages"}
-        clash = sorted(taken & set(self.options))
+    @field_validator("options")
+    @classmethod
+    def _options_fit_signature(cls, value: dict[str, Any], info: ValidationInfo) -> dict[str, Any]:
+        mode = info.data.get("mode")
+        if mode is None:  # mode itself is invalid and reported
+            return value
+        taken = {"record", "topic"} if mode == "record" else {"messages"}
+        clash = sorted(taken & set(value))
         if clash:
             raise PydanticCustomError(
                 "option_clash",
                 "options without the names the {mode} mode passes itself ({names})",
-                {"mode": self.mode, "names": ", ".join(clash)},
+                {"mode": mode, "names": ", ".join(clash)},
             )
-        return self
+        return value
 
 
 class PythonProcessor(Processor[PythonProcessorConfig]):
@@ -114,6 +119,7 @@ class PythonProcessor(Processor[PythonProcessorConfig]):
         outputs: list[Message] = []
         failures: list[Failure] = []
         options = self.config.options
+        filtered = 0  # added at the end: a TransientError mid-batch means it runs again
         for msg in batch:
             try:
                 record = decode_json(msg.payload) if msg.record is NOT_DECODED else msg.record
@@ -124,19 +130,20 @@ class PythonProcessor(Processor[PythonProcessorConfig]):
                 result = fn(record, msg.topic, **options)
             except TransientError:
                 raise
-            except Exception as exc:  # the user's code: its failure is this message's fate
+            except Exception as exc:  # noqa: BLE001 - user code: its failure is this message's fate
                 failures.append(Failure(msg, f"{self._name} raised {_describe(exc)}", self.stage))
                 continue
             if result is None:
-                self.filtered += 1
+                filtered += 1
             elif isinstance(result, dict):
                 outputs.append(msg.derive(record=result))
             elif isinstance(result, list) and all(isinstance(item, dict) for item in result):
                 outputs.extend(msg.derive(record=item) for item in result)
             else:
                 failures.append(Failure(
-                    msg, f"{self._name} returned {_kind(result)}; expected a dict, "
+                    msg, f"{self._name} returned {_kind(result, dict)}; expected a dict, "
                     "a list of dicts or None", self.stage))
+        self.filtered += filtered
         return outputs, failures
 
     def _run_batch(self, fn: Callable[..., Any], batch: list[Message]) -> ProcessResult:
@@ -144,11 +151,11 @@ class PythonProcessor(Processor[PythonProcessorConfig]):
             result = fn(list(batch), **self.config.options)
         except TransientError:
             raise
-        except Exception as exc:  # the user's code: the whole batch shares its fate
+        except Exception as exc:  # noqa: BLE001 - user code: the batch shares its fate
             error = f"{self._name} raised {_describe(exc)}"
             return [], [Failure(msg, error, self.stage) for msg in batch]
         if not isinstance(result, list) or not all(isinstance(m, Message) for m in result):
-            error = f"{self._name} returned {_kind(result)}; expected a list of Message"
+            error = f"{self._name} returned {_kind(result, Message)}; expected a list of Message"
             return [], [Failure(msg, error, self.stage) for msg in batch]
         return result, []
 
@@ -189,8 +196,15 @@ def _describe(exc: BaseException) -> str:
     return f"{type(exc).__name__}: {text}" if text else type(exc).__name__
 
 
-def _kind(value: Any) -> str:
-    if isinstance(value, list):
-        bad = next((item for item in value if not isinstance(item, (dict, Message))), None)
-        return f"a list holding {type(bad).__name__}" if bad is not None else "a list"
-    return "None" if value is None else f"a {type(value).__name__}"
+def _kind(value: Any, item_type: type | None = None) -> str:
+    """What a function returned, in words: ``a list holding str at 1``."""
+    if isinstance(value, list) and item_type is not None:
+        for i, item in enumerate(value):
+            if not isinstance(item, item_type):
+                return f"a list holding {_a(item)} at {i}"
+    return "None" if value is None else _a(value)
+
+
+def _a(value: Any) -> str:
+    name = type(value).__name__
+    return f"{'an' if name[0] in 'aeiouAEIOU' else 'a'} {name}"

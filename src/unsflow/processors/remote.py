@@ -164,9 +164,9 @@ class RemoteProcessor(Processor[RemoteProcessorConfig]):
                 results[i] = Failure(msg, _status_reason(status, body), self.stage)
                 return
             try:
-                answer = decode_json(body)
-            except DecodeError as exc:
-                results[i] = Failure(msg, f"HTTP {status} answer: {exc}", self.stage)
+                answer = _parse_answer(body)
+            except _BadAnswer as exc:
+                results[i] = Failure(msg, f"HTTP {status}: {exc}", self.stage)
                 return
             results[i] = msg.derive(record={**_as_object(record), self.config.output_field: answer})
         return job
@@ -193,23 +193,23 @@ class RemoteProcessor(Processor[RemoteProcessorConfig]):
                 results: list[Any]) -> Callable[[], Awaitable[None]]:
         async def job() -> None:
             cfg = self.config
-            body = encode_request(cfg.input_name, cfg.datatype, [row for _, _, row in chunk])
+            body = _encode_request(cfg.input_name, cfg.datatype, [row for _, _, row in chunk])
             status, answer = await self._post(body)
             if not 200 <= status < 300:
                 if len(chunk) > 1:
                     # Which row did the service reject? Ask one row at a time.
-                    await self._run_bounded([self._v2_job(batch, [item], results) for item in chunk])
+                    await self._run_bounded([self._v2_job(batch, [row], results) for row in chunk])
                     return
                 i = chunk[0][0]
                 results[i] = Failure(batch[i], _status_reason(status, answer), self.stage)
                 return
             try:
-                outputs = split_outputs(answer, len(chunk))
-            except ValueError as exc:
+                outputs = _split_outputs(answer, len(chunk))
+            except _BadAnswer as exc:
                 for i, _, _ in chunk:
-                    results[i] = Failure(batch[i], f"HTTP {status} answer: {exc}", self.stage)
+                    results[i] = Failure(batch[i], f"HTTP {status}: {exc}", self.stage)
                 return
-            for (i, record, _), out in zip(chunk, outputs):
+            for (i, record, _), out in zip(chunk, outputs, strict=True):
                 results[i] = batch[i].derive(record={**record, cfg.output_field: out})
         return job
 
@@ -230,7 +230,8 @@ class RemoteProcessor(Processor[RemoteProcessorConfig]):
                 for n in range(min(self.config.max_concurrency, len(jobs))):
                     group.create_task(worker(), name=f"{self.stage}:worker-{n}")
         except* TransientError as errors:
-            raise errors.exceptions[0]  # keeps its own cause (the httpx error)
+            first = errors.exceptions[0]
+            raise first from first.__cause__  # the httpx error, not the group
 
     async def _post(self, body: bytes) -> tuple[int, bytes]:
         """POST with retries; returns (status, body) of any answer a retry cannot change."""
@@ -268,6 +269,10 @@ class RemoteProcessor(Processor[RemoteProcessorConfig]):
                 "requests": self.requests, "retried": self.retried}
 
 
+class _BadAnswer(ValueError):
+    """A 2xx answer that is not what the protocol promises."""
+
+
 def _import_httpx() -> Any:
     try:
         import httpx
@@ -295,18 +300,19 @@ def _input_row(record: dict[str, Any], field: str, integers: bool) -> list[float
     for x in row:
         if isinstance(x, bool) or not isinstance(x, (int, float)) or not math.isfinite(x):
             raise ValueError(f"input field {field!r} must hold a number or a list of numbers, "
-                             f"found {_short(value)}")
+                             f"found {_short(repr(value))}")
         if integers and not isinstance(x, int):
-            raise ValueError(f"input field {field!r} must hold integers, found {_short(value)}")
+            raise ValueError(f"input field {field!r} must hold integers, "
+                             f"found {_short(repr(value))}")
         if isinstance(x, int) and not -(2 ** 63) <= x < 2 ** 64:
             raise ValueError(f"input field {field!r}: {x} does not fit 64 bits")
     return row
 
 
-def encode_request(name: str, datatype: str, rows: list[list[float]]) -> bytes:
+def _encode_request(name: str, datatype: str, rows: list[list[float]]) -> bytes:
     """An Open Inference v2 request body for ``rows`` of equal width.
 
-    >>> encode_request("predict", "FP32", [[1, 2], [3, 4]])
+    >>> _encode_request("predict", "FP32", [[1, 2], [3, 4]])
     b'{"inputs":[{"name":"predict","shape":[2,2],"datatype":"FP32","data":[1,2,3,4]}]}'
     """
     data = [x for row in rows for x in row]
@@ -314,37 +320,44 @@ def encode_request(name: str, datatype: str, rows: list[list[float]]) -> bytes:
     return orjson.dumps({"inputs": [tensor]})
 
 
-def split_outputs(body: bytes, n: int) -> list[Any]:
-    """One output per row from a v2 answer's ``outputs[0]``; ValueError says what is wrong.
+def _split_outputs(body: bytes, n: int) -> list[Any]:
+    """One output per row from a v2 answer's ``outputs[0]``; _BadAnswer says what is wrong.
 
     A row of one element becomes a scalar.
 
-    >>> split_outputs(b'{"outputs":[{"name":"p","shape":[2,1],"datatype":"FP32","data":[1.0,0.0]}]}', 2)
+    >>> _split_outputs(b'{"outputs":[{"name":"p","shape":[2,1],"data":[1.0,0.0]}]}', 2)
     [1.0, 0.0]
-    >>> split_outputs(b'{"outputs":[{"name":"p","shape":[2,2],"data":[0.9,0.1,0.2,0.8]}]}', 2)
+    >>> _split_outputs(b'{"outputs":[{"name":"p","shape":[2,2],"data":[0.9,0.1,0.2,0.8]}]}', 2)
     [[0.9, 0.1], [0.2, 0.8]]
     """
-    try:
-        answer = decode_json(body)
-    except DecodeError as exc:
-        raise ValueError(str(exc)) from None
+    answer = _parse_answer(body)
     outputs = answer.get("outputs") if isinstance(answer, dict) else None
     if not isinstance(outputs, list) or not outputs or not isinstance(outputs[0], dict):
-        raise ValueError(f"expected an object with a non-empty 'outputs' list, found {_short(answer)}")
+        raise _BadAnswer(f"expected a v2 answer with a non-empty 'outputs' list, "
+                         f"found {_short(answer)}")
     data = outputs[0].get("data")
     if not isinstance(data, list):
-        raise ValueError(f"outputs[0] has no 'data' list: {_short(outputs[0])}")
+        raise _BadAnswer(f"outputs[0] has no 'data' list: {_short(outputs[0])}")
     if len(data) == n and all(isinstance(row, list) for row in data):
         rows = data  # some servers answer nested rows instead of flat row-major data
     elif data and len(data) % n == 0:
         width = len(data) // n
         rows = [data[j:j + width] for j in range(0, len(data), width)]
     else:
-        raise ValueError(f"outputs[0] holds {len(data)} values, expected a multiple of {n} rows")
+        raise _BadAnswer(f"outputs[0] holds {len(data)} values, expected a multiple of {n} rows")
     shape = outputs[0].get("shape")
     if isinstance(shape, list) and shape and shape[0] != n:
-        raise ValueError(f"outputs[0] has shape {shape}, expected {n} rows")
+        raise _BadAnswer(f"outputs[0] has shape {shape}, expected {n} rows")
     return [row[0] if len(row) == 1 else row for row in rows]
+
+
+def _parse_answer(body: bytes) -> Any:
+    try:
+        return orjson.loads(body)
+    except orjson.JSONDecodeError:
+        snippet = body[:60].decode("utf-8", "replace")
+        raise _BadAnswer(f"the answer is not JSON: {snippet!r}" if body
+                         else "the answer is empty") from None
 
 
 def _status_reason(status: int, body: bytes) -> str:
