@@ -114,7 +114,7 @@ def _structural_issues(exc: ValidationError, data: dict[str, Any]) -> list[Confi
     for err in exc.errors():
         loc = list(err["loc"])
         # A discriminated union adds the type tag to the path; a user never wrote it.
-        if len(loc) > 2 and loc[0] in ("targets", "processors"):
+        if len(loc) > 2 and loc[0] in ("targets", "processors", "sources"):
             item = data.get(loc[0], {}).get(loc[1]) if isinstance(data.get(loc[0]), dict) else None
             if isinstance(item, dict) and loc[2] == item.get("type"):
                 del loc[2]
@@ -134,9 +134,11 @@ def _structural_issues(exc: ValidationError, data: dict[str, Any]) -> list[Confi
         elif kind == "union_tag_not_found":
             issues.append(ConfigIssue(path + ".type", "a 'type' key naming the component",
                                       "nothing"))
+        elif kind == "value_error" and not loc:
+            issues.append(ConfigIssue(path, err["msg"].replace("Value error, ", ""), "none"))
         else:
-            issues.append(ConfigIssue(path, err["msg"].replace("Input should be ", ""),
-                                      _short(err["input"])))
+            msg = err["msg"].replace("Input should be ", "").replace("Value error, ", "")
+            issues.append(ConfigIssue(path, msg, _short(err["input"])))
     return issues
 
 
@@ -159,6 +161,15 @@ def _semantic_issues(data: dict[str, Any]) -> list[ConfigIssue]:
                         f"subscriptions.{flt}.target",
                         f"the name of a target in 'targets' ({', '.join(sorted(targets)) or 'none'})",
                         repr(name)))
+    sources = data.get("sources") if isinstance(data.get("sources"), dict) else {}
+    for sname, source in sources.items():
+        names = source.get("target") if isinstance(source, dict) else None
+        for name in [names] if isinstance(names, str) else (names or []):
+            if isinstance(name, str) and name not in targets:
+                issues.append(ConfigIssue(
+                    f"sources.{sname}.target",
+                    f"the name of a target in 'targets' ({', '.join(sorted(targets)) or 'none'})",
+                    repr(name)))
     for tname, target in targets.items():
         if not isinstance(target, dict) or not isinstance(target.get("processors"), list):
             continue

@@ -12,7 +12,7 @@ from __future__ import annotations
 from functools import lru_cache
 from typing import Annotated, Any, Literal, Union
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from unsflow import registry
 
@@ -26,6 +26,7 @@ __all__ = [
     "TargetConfig",
     "ProcessorConfig",
     "SubscriptionConfig",
+    "SourceConfig",
     "DeadLetterConfig",
     "PipelineConfig",
     "pipeline_model",
@@ -132,6 +133,16 @@ class ProcessorConfig(ComponentConfig):
     """Base of processor configs."""
 
 
+class SourceConfig(ComponentConfig):
+    """Base of configs of sources other than the UNS broker (which ``subscriptions`` feed)."""
+
+    target: str | list[str] = Field(description="Target name (or names) for every message.")
+
+    @property
+    def target_names(self) -> list[str]:
+        return [self.target] if isinstance(self.target, str) else list(self.target)
+
+
 class TargetConfig(ComponentConfig):
     """Base of target configs."""
 
@@ -175,7 +186,10 @@ class PipelineConfig(Model):
     processors: dict[str, ProcessorConfig] = Field(
         default_factory=dict, description="Processors by name, attached to targets.")
     subscriptions: dict[str, SubscriptionConfig] = Field(
-        description="Topic filter (+, #, $share/GROUP/FILTER) to QoS and target.")
+        default_factory=dict,
+        description="UNS topic filter (+, #, $share/GROUP/FILTER) to QoS and target.")
+    sources: dict[str, SourceConfig] = Field(
+        default_factory=dict, description="Other sources by name (Kafka, ...); `type` selects one.")
     dead_letter: DeadLetterConfig = Field(
         default_factory=DeadLetterConfig, description="Where failures that retry cannot fix go.")
     batch_size: int = Field(
@@ -185,12 +199,11 @@ class PipelineConfig(Model):
         25.0, gt=0, description="Seconds SIGTERM waits for in-flight batches."
     )
 
-    @field_validator("subscriptions")
-    @classmethod
-    def _check_filters(cls, value: dict[str, SubscriptionConfig]) -> dict[str, SubscriptionConfig]:
-        if not value:
-            raise ValueError("at least one subscription")
-        return value
+    @model_validator(mode="after")
+    def _check_inputs(self) -> "PipelineConfig":
+        if not self.subscriptions and not self.sources:
+            raise ValueError("at least one subscription (or a source in 'sources')")
+        return self
 
 
 def _union(classes: list[type]) -> Any:
@@ -206,10 +219,18 @@ def pipeline_model() -> type[PipelineConfig]:
 
     targets = [cls.config_class for cls in registry.load_all("targets").values()]
     processors = [cls.config_class for cls in registry.load_all("processors").values()]
+    # The UNS MQTT source is configured by the top-level keys, not in `sources`.
+    sources = [cls.config_class for cls in registry.load_all("sources").values()
+               if getattr(cls, "config_class", None) is not None]
     model = create_model(
         "Pipeline",
         __base__=PipelineConfig,
         targets=(dict[str, _union(targets)], PipelineConfig.model_fields["targets"]),  # type: ignore[valid-type]
         processors=(dict[str, _union(processors)], PipelineConfig.model_fields["processors"]),  # type: ignore[valid-type]
     )
+    if sources:
+        model = create_model(
+            "Pipeline", __base__=model,
+            sources=(dict[str, _union(sources)], PipelineConfig.model_fields["sources"]),  # type: ignore[valid-type]
+        )
     return model

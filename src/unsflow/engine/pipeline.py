@@ -35,6 +35,7 @@ log = logging.getLogger("unsflow.engine")
 
 
 def build_source(config: PipelineConfig, context: Context) -> Source:
+    """The UNS MQTT source of the top-level keys."""
     from unsflow.sources.mqtt import MqttSource
 
     subs = {flt: sub.qos for flt, sub in config.subscriptions.items()}
@@ -49,7 +50,13 @@ class Pipeline:
                  source: Source | None = None, *, max_in_flight: int = 16) -> None:
         self.config = config
         self.context = context or Context()
-        self.source = source or build_source(config, self.context)
+        # (source, fixed targets or None for topic-filter routing)
+        self.sources: list[tuple[Source, tuple[str, ...] | None]] = []
+        if source is not None or config.subscriptions:
+            self.sources.append((source or build_source(config, self.context), None))
+        for name, scfg in config.sources.items():
+            cls = registry.load("sources", scfg.type)
+            self.sources.append((cls(name, scfg, self.context), tuple(scfg.target_names)))
         self.dead_letter = DeadLetter(config.dead_letter.path)
         self.processors: dict[str, Processor] = {}
         for name, pcfg in config.processors.items():
@@ -63,7 +70,6 @@ class Pipeline:
         self.matcher = TopicMatcher(
             {flt: sub.target_names for flt, sub in config.subscriptions.items()})
         self.max_in_flight = max_in_flight
-        self._slots = asyncio.Semaphore(max_in_flight)
         self._tasks: set[asyncio.Task[None]] = set()
         self._batch_no = 0
         self.unrouted = 0
@@ -75,46 +81,55 @@ class Pipeline:
             await proc.start()
         for path in self.paths.values():
             await path.target.start()
-        await self.source.start()
+        for source, _ in self.sources:
+            await source.start()
         self.started_at = time.time()
+
+    @property
+    def source(self) -> Source:
+        """The first source (the UNS broker's when there are subscriptions)."""
+        return self.sources[0][0]
 
     async def run(self, stop: asyncio.Event) -> None:
         """Run until ``stop`` is set, then drain and close (see module docstring)."""
         await self.start()
-        reader = asyncio.create_task(self._read_loop(), name="pipeline-reader")
+        readers = {asyncio.create_task(self._read_loop(src, fixed), name=f"reader-{src.id}")
+                   for src, fixed in self.sources}
         stopper = asyncio.create_task(stop.wait(), name="pipeline-stop-wait")
         try:
-            done, _ = await asyncio.wait({reader, stopper}, return_when=asyncio.FIRST_COMPLETED)
-            if reader in done:
-                reader.result()  # a failed reader is fatal: raise it
+            done, _ = await asyncio.wait(readers | {stopper}, return_when=asyncio.FIRST_COMPLETED)
+            for task in done - {stopper}:
+                task.result()  # a failed reader is fatal: raise it
         finally:
-            reader.cancel()
-            stopper.cancel()
-            await asyncio.gather(reader, stopper, return_exceptions=True)
+            for task in readers | {stopper}:
+                task.cancel()
+            await asyncio.gather(*readers, stopper, return_exceptions=True)
             await self.shutdown()
 
-    async def _read_loop(self) -> None:
+    async def _read_loop(self, source: Source, fixed: tuple[str, ...] | None) -> None:
+        slots = asyncio.Semaphore(self.max_in_flight)
         while True:
-            await self._slots.acquire()
+            await slots.acquire()
             try:
-                messages, token = await self.source.read()
+                messages, token = await source.read()
             except BaseException:
-                self._slots.release()
+                slots.release()
                 raise
             self._batch_no += 1
-            task = asyncio.create_task(self._deliver(messages, token),
-                                       name=f"deliver-{self._batch_no}")
+            groups = self.route(messages) if fixed is None else {t: messages for t in fixed}
+            task = asyncio.create_task(self._deliver(source, groups, token),
+                                       name=f"deliver-{source.id}-{self._batch_no}")
             self._tasks.add(task)
-            task.add_done_callback(self._task_done)
+            task.add_done_callback(lambda t, s=slots: self._task_done(t, s))
 
-    def _task_done(self, task: asyncio.Task[None]) -> None:
+    def _task_done(self, task: asyncio.Task[None], slots: asyncio.Semaphore) -> None:
         self._tasks.discard(task)
-        self._slots.release()
+        slots.release()
         if not task.cancelled() and task.exception() is not None:
             log.error("delivery task %s failed: %r", task.get_name(), task.exception())
 
     def route(self, messages: list[Message]) -> dict[str, list[Message]]:
-        """Split a batch by target name; each distinct target gets a message once."""
+        """Split a batch by topic filters; each distinct target gets a message once."""
         groups: dict[str, list[Message]] = {}
         matcher = self.matcher
         for msg in messages:
@@ -129,14 +144,13 @@ class Pipeline:
                     group.append(msg)
         return groups
 
-    async def _deliver(self, messages: list[Message], token: Any) -> None:
-        groups = self.route(messages)
+    async def _deliver(self, source: Source, groups: dict[str, list[Message]], token: Any) -> None:
         if len(groups) == 1:
             ((name, batch),) = groups.items()
             await self.paths[name].handle(batch)
         elif groups:
             await asyncio.gather(*(self.paths[n].handle(b) for n, b in groups.items()))
-        self.source.ack(token)
+        source.ack(token)
 
     async def shutdown(self) -> None:
         """Drain in-flight batches within the deadline, flush targets, disconnect."""
@@ -163,7 +177,8 @@ class Pipeline:
                 await proc.stop()
             except Exception:  # closing: report and go on closing the others
                 log.exception("[%s] error while stopping", proc.id)
-        await self.source.stop()
+        for source, _ in self.sources:
+            await source.stop()
         log.info("stopped: %s", self.summary())
 
     async def _stop_target(self, path: TargetPath) -> None:
@@ -173,10 +188,9 @@ class Pipeline:
             log.exception("[%s] error while stopping", path.id)
 
     def summary(self) -> dict[str, Any]:
-        src = self.source
         return {
-            "received": getattr(src, "received", None),
-            "acked": getattr(src, "acked", None),
+            "sources": {s.id: {"received": getattr(s, "received", None),
+                               "acked": getattr(s, "acked", None)} for s, _ in self.sources},
             "unrouted": self.unrouted,
             "dead_lettered": self.dead_letter.count,
             "targets": {n: vars(p.stats) for n, p in self.paths.items()},
