@@ -6,7 +6,8 @@
 #   scripts/services.sh down    [name...]   stop
 #   scripts/services.sh status  [name...]   running/stopped, pid, ports; exit 3 if any is stopped
 #
-# Names: mosquitto. Without names, every service.
+# Names: mosquitto, and those in scripts/services.d/*.sh (kafka, minio, moto; their
+# variables are listed at the top of each file). Without names, every service.
 # Each service has install_X, start_X, stop_X and status_X; add a service by
 # writing those four functions and adding its name to SERVICES.
 #
@@ -21,6 +22,7 @@ set -euo pipefail
 
 REPO_ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 SERVICES_DIR=${UNSFLOW_SERVICES_DIR:-$REPO_ROOT/.services}
+case $SERVICES_DIR in /*) ;; *) SERVICES_DIR=$PWD/$SERVICES_DIR ;; esac
 SERVICES=(mosquitto)
 START_TIMEOUT=10 # seconds a service may take to accept connections
 
@@ -75,10 +77,19 @@ port_open() {
     fi
 }
 
-# who_listens PORT : a line naming the process on a TCP port, when ss can tell.
+# who_listens PORT : what listens on a TCP port, when ss can tell; and when it
+# is another checkout's test broker, which UNSFLOW_SERVICES_DIR would share it.
 who_listens() {
-    if command -v ss >/dev/null 2>&1; then
-        ss -H -ltnp "sport = :$1" 2>/dev/null | head -n 3 || true
+    local line pid conf
+    command -v ss >/dev/null 2>&1 || return 0
+    line=$(ss -H -ltnp "sport = :$1" 2>/dev/null | head -n 1 || true)
+    [ -n "$line" ] || return 0
+    echo "  $line"
+    pid=$(sed -n 's/.*pid=\([0-9]*\).*/\1/p' <<<"$line")
+    [ -n "$pid" ] && [ -r "/proc/$pid/cmdline" ] || return 0
+    conf=$(tr '\0' '\n' <"/proc/$pid/cmdline" | grep -m1 '/mosquitto/mosquitto\.conf$' || true)
+    if [ -n "$conf" ]; then
+        echo "  that is the test broker of another data dir; to use it: UNSFLOW_SERVICES_DIR=${conf%/mosquitto/mosquitto.conf}"
     fi
 }
 
@@ -99,9 +110,9 @@ pid_alive() {
 
 # stop_pid NAME PID : SIGTERM, wait up to 10 s, then SIGKILL.
 stop_pid() {
-    local name=$1 pid=$2 i
+    local name=$1 pid=$2
     kill -TERM "$pid" 2>/dev/null || return 0
-    for i in $(seq 1 100); do
+    for _ in $(seq 1 100); do
         kill -0 "$pid" 2>/dev/null || {
             log "$name stopped (pid $pid)"
             return 0
@@ -121,6 +132,9 @@ json_str() { # a JSON string literal
 # ---------------------------------------------------------------- certificates
 # One test CA under $SERVICES_DIR/ca, made once and kept; every service that
 # speaks TLS gets a certificate signed by it, so tests trust one ca.crt.
+# ECDSA P-256 keys: generated in milliseconds (RSA takes a good fraction of a
+# second each), and every TLS stack we meet (OpenSSL, Java, Go) takes them.
+KEY_ARGS=(-newkey ec -pkeyopt ec_paramgen_curve:prime256v1 -nodes)
 
 ensure_ca() {
     local dir=$SERVICES_DIR/ca
@@ -141,7 +155,7 @@ basicConstraints = critical, CA:TRUE
 keyUsage = critical, keyCertSign, cRLSign
 subjectKeyIdentifier = hash
 EOF
-    (umask 077 && openssl req -x509 -new -config "$dir/ca.cnf" -newkey rsa:2048 -nodes \
+    (umask 077 && openssl req -x509 -new -config "$dir/ca.cnf" "${KEY_ARGS[@]}" \
         -sha256 -days 3650 -keyout "$dir/ca.key.tmp" -out "$dir/ca.crt.tmp" 2>/dev/null) ||
         die "openssl could not create the test CA"
     chmod 644 "$dir/ca.crt.tmp"
@@ -161,13 +175,13 @@ issue_cert() {
     log "issuing $dir/$name.crt (CN=$cn)"
     {
         echo "basicConstraints = CA:FALSE"
-        echo "keyUsage = critical, digitalSignature, keyEncipherment"
+        echo "keyUsage = critical, digitalSignature"
         echo "extendedKeyUsage = $usage"
         echo "subjectKeyIdentifier = hash"
         echo "authorityKeyIdentifier = keyid, issuer"
         [ -z "$san" ] || echo "subjectAltName = $san"
     } >"$dir/$name.ext"
-    (umask 077 && openssl req -new -newkey rsa:2048 -nodes -subj "/CN=$cn" \
+    (umask 077 && openssl req -new "${KEY_ARGS[@]}" -subj "/CN=$cn" \
         -keyout "$dir/$name.key.tmp" -out "$dir/$name.csr" 2>/dev/null) ||
         die "openssl could not create a key for $name"
     openssl x509 -req -in "$dir/$name.csr" -CA "$ca/ca.crt" -CAkey "$ca/ca.key" \
@@ -245,6 +259,7 @@ max_inflight_messages 1000
 # and start the broker); saved every second rather than every 30 minutes, so a
 # broker killed hard loses at most about a second of queue state.
 persistence true
+# (Mosquitto 1.x appends the file name without a slash; 2.0 adds one, harmlessly.)
 persistence_location $MOSQ_DIR/data/
 autosave_interval 1
 
@@ -282,8 +297,10 @@ EOF
 }
 
 mosquitto_failed() {
-    local why=$1
+    local why=$1 pid
     printf 'services: error: mosquitto: %s\n' "$why" >&2
+    # A half-started broker would pass for a running one on the next 'up'.
+    if pid=$(mosquitto_pid); then stop_pid mosquitto "$pid"; fi
     if [ -s "$MOSQ_DIR/mosquitto.stderr" ]; then
         echo "--- $MOSQ_DIR/mosquitto.stderr" >&2
         tail -n 30 "$MOSQ_DIR/mosquitto.stderr" >&2
@@ -296,19 +313,25 @@ mosquitto_failed() {
 }
 
 start_mosquitto() {
-    local pid port bin i
+    local pid port bin
     if pid=$(mosquitto_pid); then
         log "mosquitto already running (pid $pid, data $MOSQ_DIR)"
+        port=$(awk '$1 == "listener" { printf "%s%s", sep, $2; sep = " " }' "$MOSQ_CONF")
+        if [ "$port" != "$MQTT_PORT $MQTTS_PORT" ]; then
+            log "note: it listens on ports $port, not $MQTT_PORT $MQTTS_PORT as asked; 'down' then 'up' to change"
+        fi
         return 0
     fi
     install_mosquitto
     bin=$(find_bin mosquitto) || die "mosquitto is not installed"
     for port in "$MQTT_PORT" "$MQTTS_PORT"; do
         if port_open "$MQTT_HOST" "$port"; then
-            who_listens "$port" >&2
-            die "port $port on $MQTT_HOST is in use by another process, not by the broker of $MOSQ_DIR;" \
-                "stop it (a system broker: sudo systemctl stop mosquitto) or choose other ports" \
-                "with UNSFLOW_MQTT_PORT / UNSFLOW_MQTTS_PORT"
+            {
+                echo "services: error: port $port on $MQTT_HOST is in use by another process, not by the broker of $MOSQ_DIR;"
+                echo "  stop it (a system broker: sudo systemctl stop mosquitto) or choose other ports with UNSFLOW_MQTT_PORT / UNSFLOW_MQTTS_PORT"
+                who_listens "$port"
+            } >&2
+            exit 1
         fi
     done
 
@@ -320,7 +343,7 @@ start_mosquitto() {
         "$(find_bin mosquitto_passwd)" -b -c "$MOSQ_DIR/passwd" "$MQTT_USER" "$MQTT_PASSWORD") ||
         die "mosquitto_passwd could not write $MOSQ_DIR/passwd"
     write_mosquitto_conf
-    rm -f "$MOSQ_PID"
+    rm -f "$MOSQ_PID" "$MOSQ_DIR/info.json"
     if [ -f "$MOSQ_LOG" ]; then mv -f "$MOSQ_LOG" "$MOSQ_LOG.1"; fi
 
     # Output goes to files so that no caller's pipe is held open by the daemon
@@ -328,7 +351,7 @@ start_mosquitto() {
     "$bin" -c "$MOSQ_CONF" -d </dev/null >"$MOSQ_DIR/mosquitto.stderr" 2>&1 ||
         mosquitto_failed "$bin -c $MOSQ_CONF -d exited with status $?"
 
-    for i in $(seq 1 $((START_TIMEOUT * 10))); do
+    for _ in $(seq 1 $((START_TIMEOUT * 10))); do
         # Both listeners open before the broker serves anyone, so the plain
         # port answering means the TLS one is up too.
         if pid=$(mosquitto_pid) && port_open "$MQTT_HOST" "$MQTT_PORT"; then
@@ -341,6 +364,7 @@ start_mosquitto() {
 
     # One real round trip through the TLS listener: proves certificate, host
     # name and password together.
+    # shellcheck disable=SC2016 # $SYS is a topic, not a variable
     "$(find_bin mosquitto_sub)" -h "$MQTT_HOST" -p "$MQTTS_PORT" --cafile "$SERVICES_DIR/ca/ca.crt" \
         -u "$MQTT_USER" -P "$MQTT_PASSWORD" -t '$SYS/broker/version' -C 1 -W 5 >/dev/null 2>&1 ||
         mosquitto_failed "TLS listener on port $MQTTS_PORT refused user $MQTT_USER or the test CA"
@@ -390,6 +414,18 @@ main() {
     -h | --help | help) usage ;;
     *) die "unknown command '$cmd' (install, up, down, status)" ;;
     esac
+    if [ -z "${UNSFLOW_SERVICES_LOCKED:-}" ] && command -v flock >/dev/null 2>&1 &&
+        { [ "$cmd" = up ] || { [ "$cmd" = down ] && [ -d "$SERVICES_DIR" ]; }; }; then
+        # One 'up' or 'down' at a time per data dir: parallel test sessions
+        # (pytest-xdist workers, two terminals) all run 'up' at start. The
+        # script runs again under flock; -o keeps the lock's descriptor out of
+        # the daemons it starts, which would otherwise hold the lock forever.
+        mkdir -p "$SERVICES_DIR"
+        UNSFLOW_SERVICES_LOCKED=1 flock -o -w 300 -E 75 "$SERVICES_DIR/.lock" \
+            bash "${BASH_SOURCE[0]}" "$cmd" "${names[@]}" || rc=$?
+        [ "$rc" -ne 75 ] || die "another services.sh held $SERVICES_DIR/.lock for 300 s"
+        return "$rc"
+    fi
     for name in "${names[@]}"; do
         case $cmd in
         install) "install_$name" ;;
@@ -400,5 +436,11 @@ main() {
     done
     return "$rc"
 }
+
+# Services defined in scripts/services.d/*.sh; each adds its name to SERVICES.
+for service_file in "$REPO_ROOT"/scripts/services.d/*.sh; do
+    # shellcheck source=/dev/null
+    . "$service_file"
+done
 
 main "$@"

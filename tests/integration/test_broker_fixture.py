@@ -90,9 +90,7 @@ def test_wrong_password_is_refused(mqtt_broker, topic_prefix, protocol):
 
 def test_anonymous_login_is_refused_on_the_tls_port(mqtt_broker):
     with pytest.raises(ConnectionRefusedError, match="refused the connection: Not authorized"):
-        Collector(
-            mqtt_broker.host, mqtt_broker.tls_port, "a/#", tls_ca=mqtt_broker.ca_file
-        ).start()
+        Collector(mqtt_broker.host, mqtt_broker.tls_port, "a/#", tls_ca=mqtt_broker.ca_file).start()
 
 
 # paho 2.2 leaves the socket of a failed TLS handshake open for the collector.
@@ -167,7 +165,9 @@ def broker_that_never_acks() -> Iterator[int]:
 
 def test_publish_timeout_names_the_unacknowledged(broker_that_never_acks):
     messages = [(f"t/never/{i}", b"x") for i in range(3)]
-    with pytest.raises(TimeoutError, match=r"^3 of 3 messages were not acknowledged by MQTT broker"):
+    with pytest.raises(
+        TimeoutError, match=r"^3 of 3 messages were not acknowledged by MQTT broker"
+    ):
         publish("127.0.0.1", broker_that_never_acks, messages, timeout=1)
 
 
@@ -180,3 +180,37 @@ def test_missing_paho_names_the_extra(monkeypatch):
 def test_docstring_examples():
     result = doctest.testmod(unsflow.testing)
     assert result.attempted > 0 and result.failed == 0
+
+
+def test_publisher_and_persistent_collector_survive_a_broker_restart(own_mqtt_broker, topic_prefix):
+    broker = own_mqtt_broker
+    topic = f"{topic_prefix}/restart"
+
+    def messages():
+        for seq in range(10_000):
+            if seq == 3_000:
+                # The publisher still has up to a window of messages in flight:
+                # the broker goes down under it (SIGTERM saves its queues) and
+                # comes back; publish() must reconnect and send them again.
+                broker.stop()
+                broker.start()
+            yield topic, json.dumps({"seq": seq}).encode()
+
+    with Collector(broker.host, broker.port, topic, persistent=True) as c:
+        acked = publish(broker.host, broker.port, messages(), timeout=60)
+        received = c.wait(10_000, timeout=60, distinct=True)
+
+    assert acked == 10_000
+    assert set(seqs(received)) == set(range(10_000))  # duplicates allowed: at-least-once
+
+
+def test_own_broker_comes_back_after_kill_9(own_mqtt_broker, topic_prefix):
+    broker = own_mqtt_broker
+    broker.kill()
+    broker.start()  # a stale pid file is not mistaken for a running broker
+    topic = f"{topic_prefix}/after-kill"
+    messages = subscribe_collect(
+        broker.host, broker.port, topic, 1, timeout=10,
+        after_subscribe=lambda: publish(broker.host, broker.port, [(topic, b"back")]),
+    )  # fmt: skip
+    assert messages == [(topic, b"back")]

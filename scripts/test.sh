@@ -1,0 +1,62 @@
+#!/usr/bin/env bash
+# The project's one test command (README, .ci/run):
+#
+#   scripts/test.sh [pytest arguments...]
+#
+# Installs unsflow with its test dependencies when they are missing or
+# pyproject.toml changed, starts the services the tests talk to
+# (scripts/services.sh), then runs pytest and exits with its status.
+set -euo pipefail
+
+cd "$(dirname "${BASH_SOURCE[0]}")/.."
+REPO_ROOT=$PWD
+VENV=$REPO_ROOT/.venv
+SERVICES_DIR=${UNSFLOW_SERVICES_DIR:-$REPO_ROOT/.services}
+# Written after a successful install; holds the interpreter it was for.
+STAMP=$SERVICES_DIR/python-dev.stamp
+
+# Same choice as scripts/setup.sh.
+pick_python() {
+    if [ -n "${UNSFLOW_PYTHON:-}" ]; then
+        echo "$UNSFLOW_PYTHON"
+    elif [ -z "${VIRTUAL_ENV:-}" ] && [ -x "$VENV/bin/python" ]; then
+        echo "$VENV/bin/python"
+    else
+        echo python3
+    fi
+}
+
+# True when the test dependencies import and unsflow is this checkout's
+# (another checkout's editable install would test the wrong code).
+deps_ok() {
+    "$PYTHON" - "$REPO_ROOT/src" >/dev/null 2>&1 <<'EOF'
+import pathlib, sys
+import unsflow, pytest, paho.mqtt, duckdb, hypothesis
+here = pathlib.Path(sys.argv[1]).resolve()
+sys.exit(0 if pathlib.Path(unsflow.__file__).resolve().is_relative_to(here) else 1)
+EOF
+}
+
+stamp_fresh() {
+    [ -f "$STAMP" ] && [ ! pyproject.toml -nt "$STAMP" ] &&
+        [ "$(cat "$STAMP")" = "$("$PYTHON" -c 'import sys; print(sys.executable)')" ]
+}
+
+PYTHON=$(pick_python)
+if ! deps_ok || ! stamp_fresh; then
+    bash scripts/setup.sh --extras dev --no-services
+    PYTHON=$(pick_python)
+    deps_ok || {
+        echo "test: unsflow[dev] still does not import from $REPO_ROOT/src with $PYTHON" >&2
+        exit 1
+    }
+    mkdir -p "$SERVICES_DIR"
+    "$PYTHON" -c 'import sys; print(sys.executable)' >"$STAMP"
+fi
+
+bash scripts/services.sh up mosquitto
+
+# The e2e tests run the `unsflow` command: take the one installed beside this Python.
+PATH="$("$PYTHON" -c 'import os, sys; print(os.path.dirname(sys.executable))'):$PATH"
+export PATH
+exec "$PYTHON" -m pytest -q "$@"

@@ -1,0 +1,220 @@
+"""Fixtures for the real services the tests talk to, started by the project's own scripts.
+
+A service that cannot start fails the test that needs it, with the script's
+output; it never skips (docs/services.md).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import signal
+import socket
+import subprocess
+import uuid
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+SERVICES_SH = REPO_ROOT / "scripts" / "services.sh"
+
+
+def services_dir(env: dict[str, str] | None = None) -> Path:
+    """The data dir of scripts/services.sh (same default, same variable; relative to the repo)."""
+    configured = (env if env is not None else os.environ).get("UNSFLOW_SERVICES_DIR")
+    return REPO_ROOT / configured if configured else REPO_ROOT / ".services"
+
+
+def services(command: str, name: str, env: dict[str, str] | None = None) -> None:
+    """``scripts/services.sh COMMAND NAME``; fails the test with the script's output."""
+    result = subprocess.run(
+        ["bash", str(SERVICES_SH), command, name],
+        cwd=REPO_ROOT,
+        env=env,
+        stdin=subprocess.DEVNULL,
+        capture_output=True,
+        text=True,
+        timeout=600,  # a first run may apt-get install
+        check=False,
+    )
+    if result.returncode != 0:
+        pytest.fail(
+            f"scripts/services.sh {command} {name} failed (exit {result.returncode}):\n"
+            f"{result.stdout}{result.stderr}",
+            pytrace=False,
+        )
+
+
+def services_up(name: str, env: dict[str, str] | None = None) -> dict[str, Any]:
+    """``scripts/services.sh up NAME`` (idempotent), then the service's info.json."""
+    services("up", name, env)
+    info = services_dir(env) / name / "info.json"
+    try:
+        loaded: dict[str, Any] = json.loads(info.read_text())
+    except (OSError, ValueError) as exc:
+        pytest.fail(f"scripts/services.sh up {name} succeeded but {info}: {exc}", pytrace=False)
+    return loaded
+
+
+@dataclass(frozen=True)
+class Broker:
+    """The test Mosquitto: anonymous on ``port``, TLS + password on ``tls_port``."""
+
+    host: str
+    port: int
+    tls_port: int
+    ca_file: str
+    client_cert: str
+    client_key: str
+    username: str
+    password: str
+
+    def tls_options(self) -> dict[str, Any]:
+        """Keyword arguments for the unsflow.testing helpers on ``tls_port``."""
+        return {"username": self.username, "password": self.password, "tls_ca": self.ca_file}
+
+
+def _broker_fields(info: dict[str, Any]) -> dict[str, Any]:
+    return {
+        "host": info["host"],
+        "port": int(info["port"]),
+        "tls_port": int(info["tls_port"]),
+        "ca_file": info["ca_file"],
+        "client_cert": info["client_cert"],
+        "client_key": info["client_key"],
+        "username": info["username"],
+        "password": info["password"],
+    }
+
+
+@pytest.fixture(scope="session")
+def mqtt_broker() -> Broker:
+    """The shared Mosquitto of scripts/services.sh, started if it is not running.
+
+    Never stop it in a test: use ``own_mqtt_broker`` for that.
+    """
+    return Broker(**_broker_fields(services_up("mosquitto")))
+
+
+@dataclass(frozen=True)
+class OwnBroker(Broker):
+    """A Mosquitto for one test alone, same setup, own data dir and ports.
+
+    ``stop()`` is SIGTERM (the broker saves its queues), ``kill()`` is SIGKILL,
+    ``start()`` brings it back on the same ports with its persisted state.
+    """
+
+    data_dir: str = ""
+    env: dict[str, str] = field(default_factory=dict, repr=False, compare=False)
+
+    def start(self) -> None:
+        services("up", "mosquitto", self.env)
+
+    def stop(self) -> None:
+        services("down", "mosquitto", self.env)
+
+    def kill(self) -> None:
+        pid = int(Path(self.data_dir, "mosquitto", "mosquitto.pid").read_text())
+        os.kill(pid, signal.SIGKILL)
+
+
+def _free_ports(count: int) -> list[int]:
+    sockets = [socket.socket() for _ in range(count)]
+    try:
+        for s in sockets:
+            s.bind(("127.0.0.1", 0))
+        return [s.getsockname()[1] for s in sockets]
+    finally:
+        for s in sockets:
+            s.close()
+
+
+@pytest.fixture
+def own_mqtt_broker(tmp_path: Path) -> Iterator[OwnBroker]:
+    """A broker this test may stop, kill and restart without disturbing the others."""
+    port, tls_port = _free_ports(2)
+    env = dict(os.environ)
+    env.update(
+        UNSFLOW_SERVICES_DIR=str(tmp_path / "services"),
+        UNSFLOW_MQTT_PORT=str(port),
+        UNSFLOW_MQTTS_PORT=str(tls_port),
+    )
+    info = services_up("mosquitto", env)
+    broker = OwnBroker(**_broker_fields(info), data_dir=env["UNSFLOW_SERVICES_DIR"], env=env)
+    yield broker
+    services("down", "mosquitto", env)
+
+
+@pytest.fixture
+def topic_prefix(request: pytest.FixtureRequest) -> str:
+    """``t/<test name>/<8 hex>``: a topic space no other test (or run) publishes to."""
+    name = re.sub(r"[^A-Za-z0-9_.-]+", "_", request.node.name).strip("_")[:80]
+    return f"t/{name}/{uuid.uuid4().hex[:8]}"
+
+
+@dataclass(frozen=True)
+class AwsEndpoint:
+    """A local server that speaks an AWS API (MinIO: S3; moto: Secrets Manager), with a key it takes."""
+
+    endpoint: str
+    access_key: str
+    secret_key: str
+    region: str
+    log: str
+
+    def client(self, service: str) -> Any:
+        """A boto3 client for ``service`` at this endpoint (path-style addressing for S3)."""
+        import boto3
+        from botocore.config import Config
+
+        return boto3.client(
+            service, endpoint_url=self.endpoint, region_name=self.region,
+            aws_access_key_id=self.access_key, aws_secret_access_key=self.secret_key,
+            config=Config(s3={"addressing_style": "path"}, retries={"max_attempts": 3}))
+
+
+def _aws_endpoint(info: dict[str, Any]) -> AwsEndpoint:
+    return AwsEndpoint(info["endpoint"], info["access_key"], info["secret_key"], info["region"],
+                       info["log"])
+
+
+@pytest.fixture(scope="session")
+def minio() -> AwsEndpoint:
+    """The shared MinIO of scripts/services.sh (built on first use), started if it is not running.
+
+    Tests make their own bucket (``s3_bucket``) and never stop it.
+    """
+    return _aws_endpoint(services_up("minio"))
+
+
+@pytest.fixture(scope="session")
+def secrets_manager() -> AwsEndpoint:
+    """moto's server of scripts/services.sh: AWS Secrets Manager on a local port.
+
+    It holds secrets in memory only; a test creates the secrets it reads, under unique names.
+    """
+    import sys
+
+    env = dict(os.environ)
+    env.setdefault("UNSFLOW_PYTHON", sys.executable)  # the interpreter that has moto[server]
+    return _aws_endpoint(services_up("moto", env))
+
+
+@pytest.fixture
+def s3_bucket(minio: AwsEndpoint, request: pytest.FixtureRequest) -> Iterator[str]:
+    """A new, empty MinIO bucket for this test alone; emptied and removed afterwards."""
+    name = re.sub(r"[^a-z0-9-]+", "-", request.node.name.lower()).strip("-")[:40].strip("-")
+    bucket = f"t-{name}-{uuid.uuid4().hex[:8]}"
+    s3 = minio.client("s3")
+    s3.create_bucket(Bucket=bucket)
+    yield bucket
+    for page in s3.get_paginator("list_objects_v2").paginate(Bucket=bucket):
+        keys = [{"Key": o["Key"]} for o in page.get("Contents", [])]
+        if keys:
+            s3.delete_objects(Bucket=bucket, Delete={"Objects": keys})
+    s3.delete_bucket(Bucket=bucket)
