@@ -40,6 +40,9 @@ def _setup_logging(level: str, fmt: str) -> None:
     root.setLevel(level.upper())
     # gmqtt logs every reconnect attempt at WARNING; ours say it once with context.
     logging.getLogger("unsflow.sources.mqtt.gmqtt").setLevel(logging.ERROR)
+    logging.getLogger("gmqtt").setLevel(logging.WARNING)
+    # One line per HTTP request would drown the log at edge message rates.
+    logging.getLogger("httpx").setLevel(logging.WARNING)
 
 
 @click.group()

@@ -15,6 +15,7 @@ is a ``Literal`` of its type name).
 from __future__ import annotations
 
 import importlib
+import logging
 from functools import lru_cache
 from importlib.metadata import entry_points
 from typing import Any, Literal
@@ -26,6 +27,7 @@ Kind = Literal["sources", "processors", "targets", "secrets"]
 BUILTINS: dict[str, dict[str, str]] = {
     "sources": {
         "mqtt": "unsflow.sources.mqtt:MqttSource",
+        "kafka": "unsflow.sources.kafka:KafkaSource",
     },
     "processors": {
         "remote": "unsflow.processors.remote:RemoteProcessor",
@@ -36,10 +38,12 @@ BUILTINS: dict[str, dict[str, str]] = {
         "s3": "unsflow.targets.object_store:ObjectStoreTarget",
         "mqtt": "unsflow.targets.mqtt:MqttTarget",
         "file": "unsflow.targets.file:FileTarget",
+        "kafka": "unsflow.targets.kafka:KafkaTarget",
     },
     "secrets": {
         "env": "unsflow.secrets.env:EnvSecretProvider",
         "file": "unsflow.secrets.file:FileSecretProvider",
+        "aws-secrets-manager": "unsflow.secrets.aws:AwsSecretsManagerProvider",
     },
 }
 
@@ -66,7 +70,23 @@ def load(kind: Kind, type_name: str) -> Any:
 
 
 def load_all(kind: Kind) -> dict[str, Any]:
-    return {name: load(kind, name) for name in names(kind)}
+    """Every component class of ``kind``.
+
+    A built-in that fails to import is a bug and raises. A third-party plugin
+    that fails to import is logged and left out, so one broken package does
+    not stop every pipeline; a config naming its type then fails validation
+    with the list of types that are available.
+    """
+    classes: dict[str, Any] = {}
+    for name in names(kind):
+        try:
+            classes[name] = load(kind, name)
+        except Exception:
+            if name in BUILTINS[kind]:
+                raise
+            logging.getLogger("unsflow.registry").exception(
+                "plugin %s %r (%s) cannot be loaded; it is left out", kind, name, _table(kind)[name])
+    return classes
 
 
 def clear_cache() -> None:

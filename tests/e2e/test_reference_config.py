@@ -94,7 +94,10 @@ def test_reference_config_end_to_end(mqtt_broker, topic_prefix, tmp_path, infere
             assert publish(mqtt_broker.host, mqtt_broker.tls_port, messages, qos=2, **auth) == 901
 
             rows = wait_for_rows(tmp_path / "lake", lambda r: len(r) >= 600)
-            received = out.wait(300, timeout=30)
+            try:
+                received = out.wait(300, timeout=30)
+            except TimeoutError as exc:
+                raise AssertionError(f"{exc}\n{proc.output[-4000:]}") from None
     finally:
         code = proc.terminate()
     assert code == 0, proc.output[-3000:]

@@ -5,7 +5,7 @@ import importlib
 
 import pytest
 
-MODULES = ["unsflow.codecs", "unsflow.engine.topics", "unsflow.engine.backoff", "unsflow.processors.remote",
+MODULES = ["unsflow.codecs", "unsflow.engine.acks", "unsflow.testing.memory", "unsflow.testing.mqtt", "unsflow.engine.topics", "unsflow.engine.backoff", "unsflow.processors.remote",
            "unsflow.targets.mqtt"]
 
 

@@ -101,8 +101,10 @@ class BrokerConfig(Model):
     )
     keepalive: int = Field(60, ge=5, le=65535, description="Keep-alive in seconds.")
     receive_maximum: int = Field(
-        1000, ge=1, le=65535,
-        description="MQTT 5 in-flight window: unacknowledged QoS 1/2 messages the broker may send.",
+        65535, ge=1, le=65535,
+        description="MQTT 5 in-flight window: unacknowledged QoS 1/2 messages the broker may "
+        "send. Acks wait for durable writes, so throughput is about this window divided by "
+        "the targets' commit time (e.g. batching max-age).",
     )
     tls: TlsConfig | None = Field(None, description="Use TLS with these settings.")
     reconnect_min: float = Field(0.5, gt=0, description="First reconnect delay, seconds.")
@@ -194,6 +196,10 @@ class PipelineConfig(Model):
         default_factory=DeadLetterConfig, description="Where failures that retry cannot fix go.")
     batch_size: int = Field(
         2000, ge=1, le=100000, description="Most messages a source hands on in one batch."
+    )
+    max_in_flight: int = Field(
+        200000, ge=1, description="Most messages per source taken but not yet acknowledged; "
+        "beyond it the source is not read (backpressure).",
     )
     shutdown_timeout: float = Field(
         25.0, gt=0, description="Seconds SIGTERM waits for in-flight batches."

@@ -3,7 +3,7 @@
 Flow: the source hands a batch; the router splits it by target (a message
 matching several subscriptions reaches each distinct target once); each
 target path runs concurrently; when all paths of the batch are done the
-source acknowledges the batch. At most ``max_in_flight`` batches are in
+source acknowledges the batch. At most ``max-in-flight`` messages per source are in
 flight; beyond that the pipeline stops reading (backpressure).
 
 Stop: the source stops being read, in-flight batches get ``shutdown_timeout``
@@ -47,7 +47,7 @@ class Pipeline:
     """A running pipeline for one config."""
 
     def __init__(self, config: PipelineConfig, context: Context | None = None,
-                 source: Source | None = None, *, max_in_flight: int = 16) -> None:
+                 source: Source | None = None) -> None:
         self.config = config
         self.context = context or Context()
         # (source, fixed targets or None for topic-filter routing)
@@ -69,7 +69,7 @@ class Pipeline:
             self.paths[name] = TargetPath(cls(name, tcfg, self.context), chain, self.dead_letter)
         self.matcher = TopicMatcher(
             {flt: sub.target_names for flt, sub in config.subscriptions.items()})
-        self.max_in_flight = max_in_flight
+        self.max_in_flight = config.max_in_flight
         self._tasks: set[asyncio.Task[None]] = set()
         self._batch_no = 0
         self.unrouted = 0
@@ -107,24 +107,22 @@ class Pipeline:
             await self.shutdown()
 
     async def _read_loop(self, source: Source, fixed: tuple[str, ...] | None) -> None:
-        slots = asyncio.Semaphore(self.max_in_flight)
+        # A budget of messages, not batches: batches are as small as a socket read.
+        budget = _Budget(self.max_in_flight)
         while True:
-            await slots.acquire()
-            try:
-                messages, token = await source.read()
-            except BaseException:
-                slots.release()
-                raise
+            await budget.wait_below_limit()
+            messages, token = await source.read()
+            budget.take(len(messages))
             self._batch_no += 1
             groups = self.route(messages) if fixed is None else {t: messages for t in fixed}
             task = asyncio.create_task(self._deliver(source, groups, token),
                                        name=f"deliver-{source.id}-{self._batch_no}")
             self._tasks.add(task)
-            task.add_done_callback(lambda t, s=slots: self._task_done(t, s))
+            task.add_done_callback(lambda t, n=len(messages): self._task_done(t, budget, n))
 
-    def _task_done(self, task: asyncio.Task[None], slots: asyncio.Semaphore) -> None:
+    def _task_done(self, task: asyncio.Task[None], budget: "_Budget", count: int) -> None:
         self._tasks.discard(task)
-        slots.release()
+        budget.give(count)
         if not task.cancelled() and task.exception() is not None:
             log.error("delivery task %s failed: %r", task.get_name(), task.exception())
 
@@ -195,3 +193,24 @@ class Pipeline:
             "dead_lettered": self.dead_letter.count,
             "targets": {n: vars(p.stats) for n, p in self.paths.items()},
         }
+
+
+class _Budget:
+    """Messages in flight for one source, against a limit."""
+
+    def __init__(self, limit: int) -> None:
+        self.limit = limit
+        self.used = 0
+        self._freed = asyncio.Event()
+
+    async def wait_below_limit(self) -> None:
+        while self.used >= self.limit:
+            self._freed.clear()
+            await self._freed.wait()
+
+    def take(self, count: int) -> None:
+        self.used += count
+
+    def give(self, count: int) -> None:
+        self.used -= count
+        self._freed.set()

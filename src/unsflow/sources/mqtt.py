@@ -32,6 +32,7 @@ from typing import Any
 
 from unsflow.components import Context
 from unsflow.config.models import BrokerConfig, SecretRef
+from unsflow.engine.acks import InOrderAcks
 from unsflow.engine.backoff import Backoff
 from unsflow.errors import NotConnected, SecretError
 from unsflow.message import Message
@@ -72,10 +73,7 @@ class MqttSource(Source):
         self._batches: deque[tuple[list[Message], int]] = deque()
         self._batch_ready = asyncio.Event()
         self._flush_scheduled = False
-        self._seq = 0
-        self._next_ack = 0
-        self._unacked: dict[int, list[tuple[Any, int, int]]] = {}
-        self._done: set[int] = set()
+        self._acks: InOrderAcks[list[tuple[Any, int, int]]] = InOrderAcks()
         self._paused_transport: Any = None
         self._backoff = Backoff(broker.reconnect_min, broker.reconnect_max)
         self._connected = asyncio.Event()
@@ -206,9 +204,7 @@ class MqttSource(Source):
         self._flush_scheduled = False
         if not self._pending:
             return
-        seq = self._seq
-        self._seq += 1
-        self._unacked[seq] = self._pending_acks
+        seq = self._acks.add(self._pending_acks)
         self._batches.append((self._pending, seq))
         self.received += len(self._pending)
         self._pending, self._pending_acks = [], []
@@ -232,21 +228,18 @@ class MqttSource(Source):
 
     def ack(self, token: int) -> None:
         """Mark batch ``token`` done; send acks for every done batch in arrival order."""
-        self._done.add(token)
         from gmqtt.mqtt.constants import MQTTCommands
 
         current = self._handler.current_connection if self._handler else None
-        while self._next_ack in self._done:
-            self._done.discard(self._next_ack)
-            for conn, mid, qos in self._unacked.pop(self._next_ack):
+        for entries in self._acks.done(token):
+            for conn, mid, qos in entries:
                 if conn is current and conn is not None and not conn.is_closing():
                     cmd = MQTTCommands.PUBACK if qos == 1 else MQTTCommands.PUBREC
                     conn.send_command_with_mid(cmd, mid, False)
                     self.acked += 1
                 else:
                     self.stale_acks += 1
-            self._next_ack += 1
 
     @property
     def in_flight(self) -> int:
-        return sum(len(v) for v in self._unacked.values())
+        return sum(len(v) for v in self._acks.items())

@@ -137,15 +137,17 @@ class MqttTarget(Target[MqttTargetConfig]):
             items.append((msg, topic, payload))
         assert self._loop is not None
         futures: list[asyncio.Future[int]] = []
-        with self._lock:
-            for _, topic, payload in items:
-                info = self._client.publish(topic, payload, qos=c.qos, retain=c.retain)
-                fut = self._loop.create_future()
+        for _, topic, payload in items:
+            # Never call paho while holding our lock: paho calls on_publish with its own
+            # out-message mutex held, and publish() takes that mutex (lock-order deadlock).
+            info = self._client.publish(topic, payload, qos=c.qos, retain=c.retain)
+            fut = self._loop.create_future()
+            with self._lock:
                 if info.mid in self._early:
                     fut.set_result(self._early.pop(info.mid))
                 else:
                     self._waiting[info.mid] = fut
-                futures.append(fut)
+            futures.append(fut)
         try:
             codes = await asyncio.wait_for(asyncio.gather(*futures), c.publish_timeout)
         except asyncio.TimeoutError:

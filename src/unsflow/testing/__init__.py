@@ -1,0 +1,26 @@
+"""What users need to test their own pipelines.
+
+- MQTT helpers that lose nothing themselves: :func:`publish` waits for every
+  acknowledgement, :class:`Collector` subscribes before returning
+  (``unsflow.testing.mqtt``).
+- In-memory components: :class:`MemorySource` feeds a :class:`Pipeline`
+  without a broker and records its acknowledgements (``unsflow.testing.memory``).
+"""
+
+from unsflow.testing.memory import MemorySource
+from unsflow.testing.mqtt import (
+    Collector,
+    numbered_payload,
+    publish,
+    publish_numbered,
+    subscribe_collect,
+)
+
+__all__ = [
+    "Collector",
+    "MemorySource",
+    "numbered_payload",
+    "publish",
+    "publish_numbered",
+    "subscribe_collect",
+]

@@ -1,0 +1,17 @@
+"""User functions that fail the way real dependencies do, for engine tests."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from unsflow.errors import TransientError
+
+state: dict[str, int] = {"calls": 0, "fail_first": 0}
+
+
+def flaky(record: dict[str, Any], topic: str) -> dict[str, Any]:
+    """Raises TransientError for the first ``state['fail_first']`` calls."""
+    state["calls"] += 1
+    if state["calls"] <= state["fail_first"]:
+        raise TransientError("inference service unavailable (test)")
+    return {**record, "checked": True}
