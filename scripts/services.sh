@@ -16,6 +16,7 @@
 #   UNSFLOW_MQTT_PORT             plain MQTT listener, anonymous (default 1883)
 #   UNSFLOW_MQTTS_PORT            TLS + password listener (default 8883)
 #   UNSFLOW_MQTT_TEST_PASSWORD    password of user "unsflow" on the TLS listener
+#   UNSFLOW_MQTT_EXTRA_CONF       extra general mosquitto.conf lines (benchmarks)
 #
 # Docs: docs/services.md
 set -euo pipefail
@@ -262,6 +263,10 @@ persistence true
 # (Mosquitto 1.x appends the file name without a slash; 2.0 adds one, harmlessly.)
 persistence_location $MOSQ_DIR/data/
 autosave_interval 1
+
+# Extra general options from UNSFLOW_MQTT_EXTRA_CONF (one per line); the
+# benchmarks set queue_qos0_messages to queue a QoS 0 backlog.
+${UNSFLOW_MQTT_EXTRA_CONF:-}
 
 # Plain MQTT, anonymous, loopback only.
 listener $MQTT_PORT $MQTT_HOST

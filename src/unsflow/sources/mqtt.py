@@ -229,16 +229,29 @@ class MqttSource(Source):
     def ack(self, token: int) -> None:
         """Mark batch ``token`` done; send acks for every done batch in arrival order."""
         from gmqtt.mqtt.constants import MQTTCommands
+        from gmqtt.mqtt.package import CommandWithMidPacket
 
+        released = self._acks.done(token)
+        if not released:
+            return
         current = self._handler.current_connection if self._handler else None
-        for entries in self._acks.done(token):
+        if current is None or current.is_closing():
+            self.stale_acks += sum(len(entries) for entries in released)
+            return
+        build = CommandWithMidPacket.build_package
+        proto = current._protocol.proto_ver
+        packets: list[bytes] = []
+        for entries in released:
             for conn, mid, qos in entries:
-                if conn is current and conn is not None and not conn.is_closing():
+                if conn is current:
                     cmd = MQTTCommands.PUBACK if qos == 1 else MQTTCommands.PUBREC
-                    conn.send_command_with_mid(cmd, mid, False)
-                    self.acked += 1
+                    packets.append(build(cmd, mid, False, proto_ver=proto))
                 else:
                     self.stale_acks += 1
+        if packets:
+            # One socket write for the whole release, not one per message.
+            current.send_package(b"".join(packets))
+            self.acked += len(packets)
 
     @property
     def in_flight(self) -> int:

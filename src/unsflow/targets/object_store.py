@@ -9,10 +9,14 @@ Contract:
   at ``batching.max-records`` rows, ``max-bytes`` payload bytes, or
   ``max-age`` seconds after the first buffered row, whichever is first.
 - Objects are atomic: readers never see a partial one (an S3 PUT is all or
-  nothing; locally obstore writes ``<key>#<n>`` and renames, and unsflow adds
-  fsync before the rename). Keys are Hive style,
+  nothing, and so is a multipart upload, used above ``multipart-chunk-size``;
+  locally obstore writes ``<key>#<n>`` and renames, and unsflow adds fsync
+  before the rename). Keys are Hive style,
   ``{key-prefix}/date=YYYY-MM-DD/hour=HH/[level=value/...]{object-prefix}-{UTC time}-{id}.parquet``,
   so DuckDB (``hive_partitioning``, ``union_by_name``) and pyarrow read a prefix as one table.
+  With ``object-names: deterministic`` the name is ``{object-prefix}-{digest}.parquet``,
+  the digest of the messages in the object, so writing the same messages again
+  (a retry, a replay) overwrites the object instead of adding a duplicate.
 - A row is a record's fields plus ``_topic`` and ``_received_at`` (UTC,
   milliseconds). Columns are the union of the fields in a file; per column
   all ints -> int64, ints and floats -> float64, bools -> bool, strings ->
@@ -30,6 +34,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import gzip
+import hashlib
 import math
 import os
 import re
@@ -56,17 +61,23 @@ from unsflow.targets.file import METADATA_COLUMNS, encode_message, with_metadata
 
 if TYPE_CHECKING:
     import pyarrow.dataset
+    import pyarrow.fs
 
     from unsflow.secrets.base import Credential
 
-__all__ = ["ObjectStoreTarget", "ObjectStoreTargetConfig", "open_lake"]
+__all__ = ["ObjectStoreTarget", "ObjectStoreTargetConfig", "content_digest", "open_lake"]
 
 _URL_SCHEMES = {"s3", "s3a", "gs", "az", "abfs", "abfss", "adl", "azure", "file", "memory",
                 "http", "https"}
+_NO_CREDENTIAL = {"file", "memory", "http", "https"}
+_AZURE = {"az", "abfs", "abfss", "adl", "azure"}
 Partition = Literal["date", "hour", "topic-levels"]
 _NAME = r"^[A-Za-z][A-Za-z0-9_]*$"
 _INT64_MIN, _INT64_MAX = -(1 << 63), (1 << 63) - 1
 _JSON_OPTIONS = orjson.OPT_SERIALIZE_NUMPY | orjson.OPT_NON_STR_KEYS
+_MIB = 1024 * 1024
+# Message.headers a Kafka source sets; together they identify a record for good.
+KAFKA_COORDINATES = ("kafka.topic", "kafka.partition", "kafka.offset")
 
 
 class ObjectStoreTargetConfig(TargetConfig):
@@ -84,8 +95,11 @@ class ObjectStoreTargetConfig(TargetConfig):
     endpoint: str | None = Field(None, description="S3 endpoint override (MinIO: "
                                  "http://host:9000); implies path-style requests.")
     allow_http: bool = Field(False, description="Allow plain HTTP to the endpoint (MinIO in tests).")
-    credential: SecretRef | None = Field(None, description="S3 credential: username = access key "
-                                         "id, password = secret key. Default: the AWS environment.")
+    credential: SecretRef | None = Field(None, description="Store credential. S3: username = "
+                                         "access key id, password = secret key; Azure: username "
+                                         "= storage account, password = account key; GCS: "
+                                         "password = service account key (JSON). Default: the "
+                                         "store's environment variables.")
     retry_timeout: float = Field(30.0, gt=0, description="Seconds a failing request is retried "
                                  "inside the store client before the engine's backoff takes over.")
     key_prefix: str = Field("", description="Key prefix of every object (the dataset root).")
@@ -94,6 +108,13 @@ class ObjectStoreTargetConfig(TargetConfig):
     format: Literal["parquet", "jsonl"] = Field("parquet", description="Object format.")
     compression: Literal["zstd", "snappy", "gzip", "none"] = Field(
         "zstd", description="Parquet codec. jsonl: gzip writes .jsonl.gz, default is uncompressed.")
+    object_names: Literal["unique", "deterministic"] = Field(
+        "unique", description="unique: time + random id, a replay adds an object; "
+        "deterministic: a digest of the object's messages, a replay overwrites it.")
+    multipart_chunk_size: int = Field(
+        5 * _MIB, ge=5 * _MIB, le=5 * 1024 * _MIB, description="Remote stores: an object larger "
+        "than this goes up as a multipart upload in parts of this size (bytes; S3 allows 5 MiB "
+        "to 5 GiB).")
     batching: BatchingConfig = Field(default_factory=BatchingConfig,
                                      description="When buffered rows are flushed to one object.")
     partition_by: list[Partition] = Field(
@@ -113,10 +134,12 @@ class ObjectStoreTargetConfig(TargetConfig):
         scheme = urlsplit(self.store_url).scheme if self.store_url else ""
         if self.store_url and scheme not in _URL_SCHEMES:
             raise ValueError(f"store-url: scheme {scheme!r} is not one of {sorted(_URL_SCHEMES)}")
-        s3_keys = [k for k, v in (("region", self.region), ("endpoint", self.endpoint),
-                                  ("credential", self.credential)) if v is not None]
+        s3_keys = [k for k, v in (("region", self.region), ("endpoint", self.endpoint))
+                   if v is not None]
         if s3_keys and not (self.s3_bucket or scheme in ("s3", "s3a")):
             raise ValueError(f"{', '.join(s3_keys)} only apply to s3-bucket or an s3:// store-url")
+        if self.credential is not None and (self.local_path or scheme in _NO_CREDENTIAL):
+            raise ValueError("credential applies to S3, GCS and Azure stores only")
         if self.allow_http and (self.local_path or scheme in ("file", "memory")):
             raise ValueError("allow-http only applies to a remote store")
         if any(s in (".", "..") for s in self.key_prefix.split("/")):
@@ -285,26 +308,22 @@ class ObjectStoreTarget(Target[ObjectStoreTargetConfig]):
                 self._local_root.mkdir(parents=True, exist_ok=True)
                 _fsync(self._local_root.parent, directory=True)
                 return store_mod.LocalStore(self._local_root, mkdir=True)
-            s3: dict[str, Any] = {k: v for k, v in (("region", cfg.region),
-                                                    ("endpoint", cfg.endpoint)) if v}
-            if cfg.endpoint:
-                s3["virtual_hosted_style_request"] = False
-            if credential is not None:
-                s3["access_key_id"] = credential.username or ""
-                s3["secret_access_key"] = credential.password or ""
-                token = credential.extra.get("session-token") or credential.extra.get("session_token")
-                if token:
-                    s3["session_token"] = str(token)
-            if cfg.s3_bucket:
-                return store_mod.S3Store(cfg.s3_bucket, config=s3, client_options=client,
-                                         retry_config=retry)
             url = urlsplit(cfg.store_url or "")
+            options: dict[str, Any] = {k: v for k, v in (("region", cfg.region),
+                                                         ("endpoint", cfg.endpoint)) if v}
+            if cfg.endpoint:
+                options["virtual_hosted_style_request"] = False
+            if credential is not None:
+                options.update(_store_credential(url.scheme or "s3", credential))
+            if cfg.s3_bucket:
+                return store_mod.S3Store(cfg.s3_bucket, config=options, client_options=client,
+                                         retry_config=retry)
             if url.scheme == "file":
                 self._local_root = Path(url2pathname(url.path))
                 return store_mod.from_url(cfg.store_url, mkdir=True)
             if url.scheme == "memory":
                 return store_mod.from_url(cfg.store_url)
-            return store_mod.from_url(cfg.store_url, config=s3 or None, client_options=client,
+            return store_mod.from_url(cfg.store_url, config=options or None, client_options=client,
                                       retry_config=retry)
         except OSError as exc:
             raise TransientError(f"cannot open the store: {exc}", component_id=self.id) from exc
@@ -356,10 +375,23 @@ class ObjectStoreTarget(Target[ObjectStoreTargetConfig]):
         if self.config.format == "jsonl":
             return encode_message(msg, rows, self._reserved)
         received_ms = int(msg.received_at * 1000)
+        reserved = self._reserved
         out = []
         for row in rows:
-            full = with_metadata(row, msg.topic, received_ms, self._reserved)
-            out.append({name: _plain(value, name) for name, value in full.items()})
+            if reserved.isdisjoint(row):
+                full = dict(row)
+                full["_topic"] = msg.topic
+                full["_received_at"] = received_ms
+            else:
+                full = with_metadata(row, msg.topic, received_ms, reserved)
+            # Fast path: JSON-decoded records are nearly always flat scalars already.
+            for value in full.values():
+                kind = type(value)
+                if not (kind is str or kind is float or kind is bool or value is None
+                        or (kind is int and _INT64_MIN <= value <= _INT64_MAX)):
+                    full = {name: _plain(v, name) for name, v in full.items()}
+                    break
+            out.append(full)
         return out
 
     def _partition(self, msg: Message) -> tuple[str, ...]:
@@ -411,9 +443,13 @@ class ObjectStoreTarget(Target[ObjectStoreTargetConfig]):
         """Encode and store one object (worker thread); the failures are unencodable messages."""
         data, failures = self._encode(entries)
         if data:
-            now = time.time()
-            stamp = time.strftime("%Y%m%dT%H%M%S", time.gmtime(now)) + f"{int(now * 1000) % 1000:03d}Z"
-            name = f"{self.config.object_prefix}-{stamp}-{uuid.uuid4().hex[:12]}{self._ext}"
+            if self.config.object_names == "deterministic":
+                name = f"{self.config.object_prefix}-{content_digest(entries)}{self._ext}"
+            else:
+                now = time.time()
+                stamp = (time.strftime("%Y%m%dT%H%M%S", time.gmtime(now))
+                         + f"{int(now * 1000) % 1000:03d}Z")
+                name = f"{self.config.object_prefix}-{stamp}-{uuid.uuid4().hex[:12]}{self._ext}"
             self._put("/".join([*self._prefix, *partition, name]), data)
         return failures
 
@@ -445,7 +481,7 @@ class ObjectStoreTarget(Target[ObjectStoreTargetConfig]):
         errors = (_require("obstore.exceptions").BaseError, OSError)
         if self._local_root is None:
             try:
-                obstore.put(self._store, key, data)
+                obstore.put(self._store, key, data, chunk_size=self.config.multipart_chunk_size)
             except errors as exc:
                 raise TransientError(f"cannot put {key}: {_first_line(exc)}",
                                      component_id=self.id) from exc
@@ -488,13 +524,59 @@ class ObjectStoreTarget(Target[ObjectStoreTargetConfig]):
                 flusher.cancel()
 
 
+def _store_credential(scheme: str, credential: Credential) -> dict[str, str]:
+    """obstore config keys for a resolved credential, by kind of store."""
+    if scheme in _AZURE:
+        return {"account_name": credential.username or "", "account_key": credential.password or ""}
+    if scheme == "gs":
+        return {"service_account_key": credential.password or ""}
+    keys = {"access_key_id": credential.username or "",
+            "secret_access_key": credential.password or ""}
+    token = credential.extra.get("session-token") or credential.extra.get("session_token")
+    if token:
+        keys["session_token"] = str(token)
+    return keys
+
+
+def content_digest(entries: list[tuple[Message, Any]]) -> str:
+    """32 hex digits that depend only on which messages an object holds (not their order).
+
+    A message counts as its topic and payload plus, from a Kafka source, its
+    topic/partition/offset headers (``KAFKA_COORDINATES``), which identify it
+    across a replay; from any other source, its receive time instead, so that
+    two equal readings received at different times never share a name (one
+    would overwrite the other). A retry or a spool replay of the same messages
+    keeps their receive time, and so the name.
+    """
+    digests = []
+    for msg, _ in entries:
+        h = hashlib.blake2b(digest_size=16)
+        headers = msg.headers or {}
+        coordinates = [headers.get(k) for k in KAFKA_COORDINATES]
+        if all(c is not None for c in coordinates):
+            identity = [b"kafka", *(c if isinstance(c, bytes) else str(c).encode()
+                                    for c in coordinates)]
+        else:
+            identity = [b"received", repr(float(msg.received_at)).encode()]
+        for part in (msg.topic.encode(), msg.payload, *identity):
+            h.update(len(part).to_bytes(8, "little"))
+            h.update(part)
+        digests.append(h.digest())
+    digests.sort()
+    return hashlib.blake2b(b"".join(digests), digest_size=16).hexdigest()
+
+
 def _first_line(exc: BaseException) -> str:
     return (str(exc).strip().splitlines() or [type(exc).__name__])[0]
 
 
-def open_lake(root: str | os.PathLike[str]) -> pyarrow.dataset.Dataset:
-    """The Parquet objects under a local ``root`` as one pyarrow dataset.
+def open_lake(root: str | os.PathLike[str],
+              filesystem: pyarrow.fs.FileSystem | None = None) -> pyarrow.dataset.Dataset:
+    """The Parquet objects under ``root`` as one pyarrow dataset.
 
+    ``root`` is a local directory, or with ``filesystem`` a path in it: for
+    MinIO or S3, ``"bucket/key-prefix"`` with
+    ``pyarrow.fs.S3FileSystem(endpoint_override=..., access_key=..., secret_key=...)``.
     Hive partitions become columns; the schema is the union of every file's
     columns with types promoted (int64 in one file and float64 in another
     read as float64), which ``pyarrow.dataset.dataset`` alone does not do: it
@@ -502,9 +584,12 @@ def open_lake(root: str | os.PathLike[str]) -> pyarrow.dataset.Dataset:
     """
     ds = _require("pyarrow.dataset")
     fs = _require("pyarrow.fs")
-    base = os.path.abspath(root)
+    if filesystem is None:
+        filesystem, base = fs.LocalFileSystem(), os.path.abspath(root)
+    else:
+        base = os.fspath(root).rstrip("/")
     factory = ds.FileSystemDatasetFactory(
-        fs.LocalFileSystem(), fs.FileSelector(base, recursive=True), ds.ParquetFileFormat(),
+        filesystem, fs.FileSelector(base, recursive=True), ds.ParquetFileFormat(),
         ds.FileSystemFactoryOptions(partitioning=ds.HivePartitioning.discover(),
                                     partition_base_dir=base))
     return factory.finish(factory.inspect(promote_options="permissive"))
