@@ -177,6 +177,17 @@ class AwsEndpoint:
             aws_access_key_id=self.access_key, aws_secret_access_key=self.secret_key,
             config=Config(s3={"addressing_style": "path"}, retries={"max_attempts": 3}))
 
+    def arrow_filesystem(self) -> Any:
+        """pyarrow's S3 file system at this endpoint (paths are ``bucket/key``)."""
+        from urllib.parse import urlsplit
+
+        import pyarrow.fs
+
+        url = urlsplit(self.endpoint)
+        return pyarrow.fs.S3FileSystem(
+            endpoint_override=url.netloc, scheme=url.scheme, region=self.region,
+            access_key=self.access_key, secret_key=self.secret_key)
+
 
 def _aws_endpoint(info: dict[str, Any]) -> AwsEndpoint:
     return AwsEndpoint(info["endpoint"], info["access_key"], info["secret_key"], info["region"],
@@ -218,3 +229,73 @@ def s3_bucket(minio: AwsEndpoint, request: pytest.FixtureRequest) -> Iterator[st
         if keys:
             s3.delete_objects(Bucket=bucket, Delete={"Objects": keys})
     s3.delete_bucket(Bucket=bucket)
+
+
+@dataclass(frozen=True)
+class KafkaCluster:
+    """The test Kafka (KRaft, one node): PLAINTEXT on ``bootstrap``, SASL_SSL SCRAM on ``sasl_bootstrap``."""
+
+    bootstrap: str
+    sasl_bootstrap: str
+    ca_file: str
+    username: str
+    password: str
+    mechanism: str
+    log: str
+
+    def client_config(self, *, sasl: bool = False, **extra: Any) -> dict[str, Any]:
+        """confluent-kafka settings for a test's own producer, consumer or admin client."""
+        config: dict[str, Any] = {"bootstrap.servers": self.bootstrap}
+        if sasl:
+            config = {"bootstrap.servers": self.sasl_bootstrap, "security.protocol": "SASL_SSL",
+                      "sasl.mechanism": self.mechanism, "sasl.username": self.username,
+                      "sasl.password": self.password, "ssl.ca.location": self.ca_file}
+        config.update(extra)
+        return config
+
+    def create_topic(self, name: str, partitions: int = 1) -> str:
+        """Create ``name`` and wait until it exists."""
+        from confluent_kafka.admin import AdminClient, NewTopic
+
+        admin = AdminClient(self.client_config())
+        admin.create_topics([NewTopic(name, partitions, 1)])[name].result(30)
+        return name
+
+
+@pytest.fixture(scope="session")
+def kafka() -> KafkaCluster:
+    """The shared Kafka of scripts/services.sh (jars fetched on first use), started if not running.
+
+    Tests use their own topics and groups (``kafka_topic``) and never stop it.
+    """
+    info = services_up("kafka")
+    return KafkaCluster(info["bootstrap"], info["sasl_bootstrap"], info["ca_file"],
+                        info["username"], info["password"], info["mechanism"], info["log"])
+
+
+@pytest.fixture
+def kafka_topic(request: pytest.FixtureRequest) -> str:
+    """``t.<test name>.<8 hex>``: a Kafka topic (and group id stem) no other test uses."""
+    name = re.sub(r"[^A-Za-z0-9_-]+", "_", request.node.name).strip("_")[:80]
+    return f"t.{name}.{uuid.uuid4().hex[:8]}"
+
+
+def pytest_collection_finish(session: pytest.Session) -> None:
+    """Build MinIO before the first test that needs it, when it is not built yet.
+
+    A first build takes minutes (once per machine), and pytest-timeout counts a
+    session fixture's setup against the test that first uses it. A failed
+    build is reported by the ``minio`` fixture, which runs ``up`` again.
+    """
+    if not any("minio" in getattr(item, "fixturenames", ()) for item in session.items):
+        return
+    build = subprocess.Popen(["bash", str(SERVICES_SH), "install", "minio"], cwd=REPO_ROOT,
+                             stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
+                             stderr=subprocess.DEVNULL)
+    try:
+        build.wait(2)
+    except subprocess.TimeoutExpired:
+        reporter = session.config.pluginmanager.get_plugin("terminalreporter")
+        if reporter is not None:
+            reporter.write_line("building MinIO from its Go module (minutes, once per machine)")
+        build.wait(3600)

@@ -34,12 +34,8 @@ class Context:
         try:
             provider_class = registry.load("secrets", name)
         except KeyError:
-            hint = (
-                " (the AWS Secrets Manager provider is not built in yet: set provider to "
-                "'env' or 'file' in the reference)" if name == "aws-secrets-manager" else ""
-            )
             raise SecretError(
                 f"secret {ref.secret_name!r}: no secret provider named {name!r} is installed; "
-                f"installed: {', '.join(registry.names('secrets'))}{hint}"
+                f"installed: {', '.join(registry.names('secrets'))}"
             ) from None
         return await provider_class(self.env).resolve(ref)

@@ -361,3 +361,37 @@ def test_importing_the_module_loads_neither_pyarrow_nor_obstore() -> None:
             "print(sorted(m for m in ('pyarrow', 'obstore') if m in sys.modules))")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "[]"
+
+
+@pytest.mark.parametrize("url, expected", [
+    ("az://uns", {"account_name": "acct", "container_name": "uns"}),
+    ("s3://uns", {"access_key_id": "acct", "bucket": "uns"}),
+])
+async def test_credential_maps_to_the_store_kind(url: str, expected: dict[str, str]) -> None:
+    import base64
+    import json
+
+    key = base64.b64encode(b"k" * 32).decode()
+    cfg = ObjectStoreTarget.config_class.model_validate(
+        {"type": "s3", "store-url": url, "credential": {"secret-name": "store"}})
+    t = ObjectStoreTarget("lake", cfg, Context(env={
+        "STORE": json.dumps({"username": "acct", "password": key})}))
+    credential = await t.context.resolve_secret(cfg.credential)
+    store = t._build_store(credential)
+    assert {k: store.config.get(k) for k in expected} == expected
+
+
+def test_open_lake_reads_a_column_that_is_number_in_one_object_and_text_in_another(tmp_path):
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    from unsflow.targets.object_store import open_lake
+
+    part = tmp_path / "date=2026-11-23" / "hour=10"
+    part.mkdir(parents=True)
+    pq.write_table(pa.table({"value": [1.5, 2.0], "n": [1, 2]}), part / "a.parquet")
+    pq.write_table(pa.table({"value": ["RUNNING"], "n": [3.5]}), part / "b.parquet")
+    rows = sorted(open_lake(tmp_path).to_table().to_pylist(), key=lambda r: r["n"])
+    assert [r["value"] for r in rows] == ["1.5", "2", "RUNNING"]
+    assert [r["n"] for r in rows] == [1.0, 2.0, 3.5]
+    assert {r["hour"] for r in rows} == {10}

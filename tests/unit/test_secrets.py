@@ -68,5 +68,14 @@ async def test_file_missing(tmp_path):
 
 
 async def test_region_without_provider_means_aws_and_says_so():
-    with pytest.raises(SecretError, match="aws-secrets-manager"):
-        await resolve({"secret-name": "mqtt-credential", "secret-region": "us-east-1"}, {})
+    # Nothing listens on the discard port: the provider fails fast, without a network.
+    env = {"AWS_ACCESS_KEY_ID": "x", "AWS_SECRET_ACCESS_KEY": "y",
+           "UNSFLOW_AWS_SECRETS_ENDPOINT": "http://127.0.0.1:9"}
+    with pytest.raises(SecretError, match=r"'mqtt-credential' \(aws-secrets-manager, region "
+                                          r"us-east-1, endpoint http://127.0.0.1:9\)"):
+        await resolve({"secret-name": "mqtt-credential", "secret-region": "us-east-1"}, env)
+
+
+async def test_unknown_provider_lists_the_installed_ones():
+    with pytest.raises(SecretError, match="no secret provider named 'vault'.*aws-secrets-manager"):
+        await resolve({"secret-name": "x", "provider": "vault"}, {})

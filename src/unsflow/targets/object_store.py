@@ -584,6 +584,7 @@ def open_lake(root: str | os.PathLike[str],
     """
     ds = _require("pyarrow.dataset")
     fs = _require("pyarrow.fs")
+    pa = _require("pyarrow")
     if filesystem is None:
         filesystem, base = fs.LocalFileSystem(), os.path.abspath(root)
     else:
@@ -592,4 +593,38 @@ def open_lake(root: str | os.PathLike[str],
         filesystem, fs.FileSelector(base, recursive=True), ds.ParquetFileFormat(),
         ds.FileSystemFactoryOptions(partitioning=ds.HivePartitioning.discover(),
                                     partition_base_dir=base))
-    return factory.finish(factory.inspect(promote_options="permissive"))
+    try:
+        schema = factory.inspect(promote_options="permissive")
+    except (pa.ArrowTypeError, pa.ArrowInvalid):
+        # A column that is a number in one object and text in another (a UNS
+        # value that is sometimes "RUNNING"): read it as text, as DuckDB's
+        # union_by_name does, instead of failing on the whole lake.
+        # inspect_schemas() gives the first object's schema and the partitions';
+        # every object's footer is needed here.
+        first, partitions = factory.inspect_schemas()
+        fmt = ds.ParquetFileFormat()
+        files = factory.finish(pa.unify_schemas([first, partitions])).files
+        schema = _widest_schema([fmt.inspect(f, filesystem) for f in files] + [partitions])
+    return factory.finish(schema)
+
+
+def _widest_schema(schemas: list[Any]) -> Any:
+    """One schema for all: same type kept, ints and floats to float64, other mixes to string."""
+    pa = _require("pyarrow")
+    types: dict[str, list[Any]] = {}
+    for schema in schemas:
+        for fld in schema:
+            types.setdefault(fld.name, []).append(fld.type)
+    fields = []
+    for name, found in types.items():
+        kinds = {t for t in found if not pa.types.is_null(t)}
+        if not kinds:
+            kind = pa.null()
+        elif len(kinds) == 1:
+            kind = kinds.pop()
+        elif all(pa.types.is_integer(t) or pa.types.is_floating(t) for t in kinds):
+            kind = pa.float64()
+        else:
+            kind = pa.string()
+        fields.append(pa.field(name, kind))
+    return pa.schema(fields)
