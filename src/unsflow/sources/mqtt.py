@@ -79,6 +79,7 @@ class MqttSource(Source):
         self._connected = asyncio.Event()
         self._subscribed = asyncio.Event()
         self._stopping = False
+        self._pong: asyncio.Future[None] | None = None
         self.received = 0
         self.acked = 0
         self.stale_acks = 0
@@ -108,6 +109,7 @@ class MqttSource(Source):
         # The two hooks gmqtt calls for inbound QoS 1/2 PUBLISH; ours hold the ack.
         handler._handle_qos_1_publish_packet = self._on_qos1
         handler._handle_qos_2_publish_packet = self._on_qos2
+        handler._handle_pingresp_packet = self._on_pingresp
         client.on_message = self._on_qos0
         client.on_connect = self._on_connect
         client.on_disconnect = self._on_disconnect
@@ -132,11 +134,38 @@ class MqttSource(Source):
     async def stop(self) -> None:
         """Disconnect without unsubscribing: the persistent session keeps collecting."""
         self._stopping = True
+        await self._ack_barrier()
         if self._client is not None:
             try:
                 await asyncio.wait_for(self._client.disconnect(), 5)
             except (OSError, asyncio.TimeoutError):
                 pass
+
+    async def _ack_barrier(self, timeout: float = 2.0) -> None:
+        """Wait until the broker has processed every PUBACK sent so far.
+
+        MQTT does not acknowledge a PUBACK, but a broker handles a connection's
+        packets in order: when the PINGRESP to a PINGREQ sent after the acks
+        arrives, the acks were processed. Without this, a stop right after the
+        last acks can close the socket while they still sit unread in the
+        broker's buffer (a close with unread data resets the connection), and
+        the broker redelivers those messages: duplicates after every restart.
+        """
+        conn = self._handler.current_connection if self._handler else None
+        if conn is None or conn.is_closing() or not self.acked:
+            return
+        self._pong = asyncio.get_running_loop().create_future()
+        conn._send_ping_request()
+        try:
+            await asyncio.wait_for(self._pong, timeout)
+        except asyncio.TimeoutError:
+            log.warning("[%s] broker did not answer PINGREQ before stop", self.id)
+        finally:
+            self._pong = None
+
+    def _on_pingresp(self, cmd: int, packet: bytes) -> None:
+        if self._pong is not None and not self._pong.done():
+            self._pong.set_result(None)
 
     @property
     def ready(self) -> bool:
