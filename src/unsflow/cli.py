@@ -24,6 +24,10 @@ class _JsonFormatter(logging.Formatter):
             "logger": record.name,
             "message": record.getMessage(),
         }
+        # Component messages start with the component's id: "[uns] connected to ...".
+        message = entry["message"]
+        if message.startswith("[") and "]" in message[:200]:
+            entry["component"] = message[1:message.index("]")]
         if record.exc_info:
             entry["exception"] = self.formatException(record.exc_info)
         return json.dumps(entry)
@@ -113,12 +117,109 @@ def validate(config: str) -> None:
                f"{len(cfg.targets)} target(s), {len(cfg.processors)} processor(s))")
 
 
+@main.group()
+def deadletter() -> None:
+    """Work with the dead-letter file (dead-letter.path of the config)."""
+
+
+@deadletter.command()
+@click.argument("file", type=click.Path(dir_okay=False))
+@click.option("--config", "config", type=click.Path(dir_okay=False),
+              help="Pipeline config naming the UNS broker; default EDGE_SUBSCRIPTION_CONFIG.")
+@click.option("--topic-prefix", default=None,
+              help="Publish to PREFIX/<original topic> instead of the original topic.")
+@click.option("--dry-run", is_flag=True, help="Read and check the file; publish nothing.")
+@click.option("--keep", is_flag=True, help="Leave FILE as it is (default: rename it afterwards).")
+@click.option("--timeout", default=120.0, show_default=True,
+              help="Seconds to wait for the broker to acknowledge everything.")
+def replay(file: str, config: str | None, topic_prefix: str | None, dry_run: bool, keep: bool,
+           timeout: float) -> None:
+    """Publish the messages of dead-letter FILE back to the UNS broker.
+
+    Each payload goes out byte for byte to its topic, so it passes through the
+    pipeline again. Lines that cannot be read are reported and skipped. After
+    the replay FILE is renamed to FILE.replayed-<time> unless --keep or --dry-run.
+    """
+    from unsflow.config import load_config
+    from unsflow.engine.replay import replay as run_replay
+
+    try:
+        cfg = load_config(config)
+    except ConfigError as exc:
+        click.echo(str(exc), err=True)
+        sys.exit(2)
+    try:
+        report = run_replay(file, cfg, topic_prefix=topic_prefix, dry_run=dry_run, keep=keep,
+                            timeout=timeout)
+    except FileNotFoundError as exc:
+        click.echo(f"unsflow: {exc}", err=True)
+        sys.exit(2)
+    except (SecretError, UnsflowError) as exc:
+        click.echo(f"unsflow: {exc}", err=True)
+        sys.exit(1)
+    for line, why in report.skipped:
+        click.echo(f"{file}:{line}: skipped: {why}", err=True)
+    verb = "would publish" if dry_run else "published"
+    click.echo(f"{file}: {report.entries} message(s) read, {verb} "
+               f"{report.entries if dry_run else report.published}, "
+               f"{len(report.skipped)} line(s) skipped")
+    if report.renamed_to is not None:
+        click.echo(f"{file}: renamed to {report.renamed_to}")
+
+
 @main.command()
 def schema() -> None:
     """Print the JSON Schema of the config."""
     from unsflow.config import json_schema
 
     click.echo(json.dumps(json_schema(), indent=2))
+
+
+@main.command()
+@click.option("--config", "config_file", type=click.Path(dir_okay=False),
+              help="Simulator config (JSON or YAML); watched for changes while running.")
+@click.option("--host", envvar="EDGE_BROKER_HOST", help="MQTT broker host [EDGE_BROKER_HOST].")
+@click.option("--port", type=int, envvar="EDGE_MQTT_PORT", help="MQTT broker port [EDGE_MQTT_PORT].")
+@click.option("--interval", type=float, help="Seconds between readings of a sensor (default 5).")
+@click.option("--style", type=click.Choice(["uns", "redhat"]),
+              help="uns: enterprise/site/area/line/machine/sensor + JSON; redhat: "
+              "iot-sensor/sw/SENSOR + CSV.")
+@click.option("--seed", type=int, help="Random seed (default 0): same seed, same values.")
+@click.option("--count", type=int, help="Stop after this many readings.")
+@click.option("--rate", type=float, help="Load mode: messages per second across all sensors.")
+@click.option("--machines", type=int, help="Simulate machine-1..N (with the config's sensors).")
+@click.option("--prefix", help="Put in front of every topic.")
+@click.option("--qos", type=click.IntRange(0, 2), help="Publish QoS (default 1).")
+@click.option("--ground-truth", type=click.Path(dir_okay=False),
+              help="JSON-lines file receiving every injected anomaly.")
+@click.option("--ground-truth-topic", help="Topic (after prefix) receiving every anomaly.")
+def simulate(config_file: str | None, host: str | None, port: int | None,
+             interval: float | None, style: str | None, seed: int | None, count: int | None,
+             rate: float | None, machines: int | None, prefix: str | None, qos: int | None,
+             ground_truth: str | None, ground_truth_topic: str | None) -> None:
+    """Publish simulated machine sensor readings to MQTT until --count or SIGINT/SIGTERM."""
+    import threading
+
+    from unsflow.simulator import Simulator, load_simulator_config
+
+    overrides = {"host": host, "port": port, "interval": interval, "style": style, "seed": seed,
+                 "count": count, "rate": rate, "machine-count": machines, "prefix": prefix,
+                 "qos": qos, "ground-truth": ground_truth, "ground-truth-topic": ground_truth_topic}
+    try:
+        cfg = load_simulator_config(config_file, overrides)
+    except ConfigError as exc:
+        click.echo(str(exc), err=True)
+        sys.exit(2)
+    stop = threading.Event()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(sig, lambda *_: stop.set())
+    simulator = Simulator(cfg, config_path=config_file, overrides=overrides)
+    try:
+        stats = simulator.run(stop)
+    except (UnsflowError, TimeoutError) as exc:
+        click.echo(f"unsflow simulate: {exc}", err=True)
+        sys.exit(1)
+    click.echo(stats.summary())
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -33,6 +33,8 @@ BUILTINS: dict[str, dict[str, str]] = {
         "remote": "unsflow.processors.remote:RemoteProcessor",
         "parse": "unsflow.processors.parse:ParseProcessor",
         "python": "unsflow.processors.python:PythonProcessor",
+        "window": "unsflow.processors.window:WindowProcessor",
+        "threshold": "unsflow.processors.threshold:ThresholdProcessor",
     },
     "targets": {
         "s3": "unsflow.targets.object_store:ObjectStoreTarget",

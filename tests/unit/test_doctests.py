@@ -6,7 +6,8 @@ import importlib
 import pytest
 
 MODULES = ["unsflow.codecs", "unsflow.engine.acks", "unsflow.testing.memory", "unsflow.testing.mqtt", "unsflow.engine.topics", "unsflow.engine.backoff", "unsflow.processors.remote",
-           "unsflow.targets.mqtt"]
+           "unsflow.targets.mqtt", "unsflow.targets.kafka", "unsflow.sources.kafka",
+           "unsflow.engine.metrics"]
 
 
 @pytest.mark.parametrize("name", MODULES)

@@ -28,6 +28,7 @@ __all__ = [
     "SubscriptionConfig",
     "SourceConfig",
     "DeadLetterConfig",
+    "HttpConfig",
     "PipelineConfig",
     "pipeline_model",
 ]
@@ -176,6 +177,15 @@ class DeadLetterConfig(Model):
     )
 
 
+class HttpConfig(Model):
+    """The HTTP endpoints /healthz, /readyz and /metrics (Prometheus)."""
+
+    host: str = Field("0.0.0.0", description="Address to listen on (0.0.0.0: every interface, "
+                      "as a Kubernetes probe needs).")
+    port: int = Field(9464, ge=0, le=65535,
+                      description="Port for /healthz, /readyz and /metrics; 0 turns them off.")
+
+
 class PipelineConfig(Model):
     """The whole pipeline. Sections and keys follow the reference edge solution."""
 
@@ -194,6 +204,8 @@ class PipelineConfig(Model):
         default_factory=dict, description="Other sources by name (Kafka, ...); `type` selects one.")
     dead_letter: DeadLetterConfig = Field(
         default_factory=DeadLetterConfig, description="Where failures that retry cannot fix go.")
+    http: HttpConfig = Field(
+        default_factory=HttpConfig, description="Health, readiness and metrics endpoints.")
     batch_size: int = Field(
         2000, ge=1, le=100000, description="Most messages a source hands on in one batch."
     )

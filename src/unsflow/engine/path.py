@@ -19,12 +19,13 @@ from typing import TypeVar
 
 from unsflow.engine.backoff import Backoff
 from unsflow.engine.deadletter import DeadLetter
+from unsflow.engine.metrics import LatencyBuckets
 from unsflow.errors import ComponentError, PermanentError, TransientError
 from unsflow.message import Failure, Message
 from unsflow.processors.base import Processor
 from unsflow.targets.base import Target
 
-__all__ = ["TargetPath", "PathStats"]
+__all__ = ["TargetPath", "PathStats", "StageStats"]
 
 log = logging.getLogger("unsflow.engine")
 
@@ -36,6 +37,17 @@ MAX_UNEXPECTED_ATTEMPTS = 5
 
 
 @dataclass
+class StageStats:
+    """Counters of one stage (a processor or the target) on one path, updated per batch."""
+
+    received: int = 0
+    emitted: int = 0
+    dead_lettered: int = 0
+    retries: int = 0
+    latency: LatencyBuckets = field(default_factory=LatencyBuckets)
+
+
+@dataclass
 class PathStats:
     received: int = 0
     accepted: int = 0
@@ -43,6 +55,8 @@ class PathStats:
     retries: int = 0
     last_batch_seconds: float = 0.0
     errors: dict[str, int] = field(default_factory=dict)
+    # By stage id (processor:NAME, target:NAME); read by the metrics collector.
+    stages: dict[str, StageStats] = field(default_factory=dict)
 
 
 class TargetPath:
@@ -91,15 +105,21 @@ class TargetPath:
         """Run ``call`` until it succeeds; dead-letter failures. None: all dead-lettered."""
         backoff = Backoff(self.backoff_initial, self.backoff_max)
         unexpected = 0
+        st = self.stats.stages.get(stage)
+        if st is None:
+            st = self.stats.stages[stage] = StageStats()
+        st.received += len(batch)
+        started = time.monotonic()
         while True:
             for m in batch:
                 m.attempts += 1
             try:
                 outputs, failures = await call(batch)
             except PermanentError as exc:
-                await self._dead_letter([Failure(m, str(exc), stage) for m in batch])
+                await self._dead_letter([Failure(m, str(exc), stage) for m in batch], st)
                 return None
             except (TransientError, ComponentError) as exc:
+                st.retries += 1
                 self._note_retry(stage, exc, backoff)
                 await asyncio.sleep(backoff.next())
                 continue
@@ -110,13 +130,16 @@ class TargetPath:
                 if unexpected >= MAX_UNEXPECTED_ATTEMPTS:
                     log.exception("[%s] unexpected error, dead-lettering the batch", stage)
                     reason = f"unexpected {type(exc).__name__}: {exc}"
-                    await self._dead_letter([Failure(m, reason, stage) for m in batch])
+                    await self._dead_letter([Failure(m, reason, stage) for m in batch], st)
                     return None
+                st.retries += 1
                 self._note_retry(stage, exc, backoff)
                 await asyncio.sleep(backoff.next())
                 continue
             if failures:
-                await self._dead_letter(failures)
+                await self._dead_letter(failures, st)
+            st.emitted += len(outputs)
+            st.latency.observe(time.monotonic() - started)
             return outputs
 
     def _note_retry(self, stage: str, exc: BaseException, backoff: Backoff) -> None:
@@ -126,6 +149,7 @@ class TargetPath:
         level = logging.WARNING if backoff.attempt < 3 or backoff.attempt % 10 == 0 else logging.DEBUG
         log.log(level, "[%s] %s; retry %d", stage, exc, backoff.attempt + 1)
 
-    async def _dead_letter(self, failures: list[Failure]) -> None:
+    async def _dead_letter(self, failures: list[Failure], st: StageStats) -> None:
         await self.dead_letter.write(failures)
         self.stats.dead_lettered += len(failures)
+        st.dead_lettered += len(failures)

@@ -10,6 +10,10 @@ Stop: the source stops being read, in-flight batches get ``shutdown_timeout``
 seconds to finish, targets flush and close, and the source disconnects
 without unsubscribing. Whatever was not acknowledged is redelivered by the
 broker to the next run.
+
+Observability: ``http.port`` serves /healthz, /readyz and /metrics
+(:mod:`unsflow.engine.health`) from before the sources connect until after
+they disconnect; the counters behind /metrics are kept per batch.
 """
 
 from __future__ import annotations
@@ -23,6 +27,7 @@ from unsflow import registry
 from unsflow.components import Context
 from unsflow.config.models import PipelineConfig
 from unsflow.engine.deadletter import DeadLetter
+from unsflow.engine.health import HealthServer
 from unsflow.engine.path import TargetPath
 from unsflow.engine.topics import TopicMatcher
 from unsflow.message import Message
@@ -74,6 +79,10 @@ class Pipeline:
         self._batch_no = 0
         self.unrouted = 0
         self.started_at = 0.0
+        # Subscription filter -> time of the last batch with a message matching it.
+        self.last_message_at: dict[str, float] = {}
+        self.running = False  # started and not stopping: part of /readyz
+        self.http: HealthServer | None = None
 
     async def start(self) -> None:
         """Start processors and targets, then connect the source."""
@@ -84,6 +93,7 @@ class Pipeline:
         for source, _ in self.sources:
             await source.start()
         self.started_at = time.time()
+        self.running = True
 
     @property
     def source(self) -> Source:
@@ -92,7 +102,12 @@ class Pipeline:
 
     async def run(self, stop: asyncio.Event) -> None:
         """Run until ``stop`` is set, then drain and close (see module docstring)."""
-        await self.start()
+        await self._start_http()
+        try:
+            await self.start()
+        except BaseException:
+            await self._stop_http()
+            raise
         readers = {asyncio.create_task(self._read_loop(src, fixed), name=f"reader-{src.id}")
                    for src, fixed in self.sources}
         stopper = asyncio.create_task(stop.wait(), name="pipeline-stop-wait")
@@ -114,7 +129,11 @@ class Pipeline:
             messages, token = await source.read()
             budget.take(len(messages))
             self._batch_no += 1
-            groups = self.route(messages) if fixed is None else {t: messages for t in fixed}
+            if fixed is None:
+                groups = self.route(messages)
+                self._note_subscriptions(messages)
+            else:
+                groups = {t: messages for t in fixed}
             task = asyncio.create_task(self._deliver(source, groups, token),
                                        name=f"deliver-{source.id}-{self._batch_no}")
             self._tasks.add(task)
@@ -142,6 +161,34 @@ class Pipeline:
                     group.append(msg)
         return groups
 
+    def _note_subscriptions(self, messages: list[Message]) -> None:
+        # Per distinct topic of the batch, not per message (a set built in C).
+        now = time.time()
+        last = self.last_message_at
+        filters = self.matcher.filters
+        for topic in {m.topic for m in messages}:
+            for flt in filters(topic):
+                last[flt] = now
+
+    async def _start_http(self) -> None:
+        http = self.config.http
+        if not http.port:
+            return
+        server = HealthServer(self, http.host, http.port)
+        try:
+            await server.start()
+        except OSError as exc:
+            # Observability must not stop the data: run on, say so loudly.
+            log.error("[http] cannot listen on %s:%d (%s): no /healthz, /readyz or /metrics; "
+                      "set http.port to a free port (0 turns it off)", http.host, http.port, exc)
+            return
+        self.http = server
+
+    async def _stop_http(self) -> None:
+        if self.http is not None:
+            await self.http.stop()
+            self.http = None
+
     async def _deliver(self, source: Source, groups: dict[str, list[Message]], token: Any) -> None:
         if len(groups) == 1:
             ((name, batch),) = groups.items()
@@ -152,6 +199,7 @@ class Pipeline:
 
     async def shutdown(self) -> None:
         """Drain in-flight batches within the deadline, flush targets, disconnect."""
+        self.running = False
         deadline = self.config.shutdown_timeout
         pending: set[asyncio.Task[None]] = set(self._tasks)
         if pending:
@@ -177,6 +225,7 @@ class Pipeline:
                 log.exception("[%s] error while stopping", proc.id)
         for source, _ in self.sources:
             await source.stop()
+        await self._stop_http()
         log.info("stopped: %s", self.summary())
 
     async def _stop_target(self, path: TargetPath) -> None:
@@ -191,7 +240,8 @@ class Pipeline:
                                "acked": getattr(s, "acked", None)} for s, _ in self.sources},
             "unrouted": self.unrouted,
             "dead_lettered": self.dead_letter.count,
-            "targets": {n: vars(p.stats) for n, p in self.paths.items()},
+            "targets": {n: {k: v for k, v in vars(p.stats).items() if k != "stages"}
+                        for n, p in self.paths.items()},
         }
 
 

@@ -91,6 +91,18 @@ class TopicMatcher:
     def __init__(self, table: dict[str, list[str]], cache_size: int = 65536) -> None:
         self._table = [(flt, tuple(values)) for flt, values in table.items()]
         self._lookup = lru_cache(maxsize=cache_size)(self._compute)
+        self._filters = lru_cache(maxsize=cache_size)(self._compute_filters)
+
+    def _compute_filters(self, topic: str) -> tuple[str, ...]:
+        return tuple(flt for flt, _ in self._table if matches(flt, topic))
+
+    def filters(self, topic: str) -> tuple[str, ...]:
+        """Every filter ``topic`` matches, in table order.
+
+        >>> TopicMatcher({"a/+": ["t1"], "a/#": ["t2"], "b": ["t1"]}).filters("a/x")
+        ('a/+', 'a/#')
+        """
+        return self._filters(topic)
 
     def _compute(self, topic: str) -> tuple[str, ...]:
         seen: dict[str, None] = {}
