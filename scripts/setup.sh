@@ -3,7 +3,7 @@
 #
 #   scripts/setup.sh [--extras LIST] [--no-services]
 #
-#   1. system packages for the services (scripts/services.sh install)
+#   1. system packages for the broker (scripts/services.sh install mosquitto)
 #   2. pip install -e '.[LIST]' (default LIST: all), into a virtual environment
 #      at .venv when the system Python refuses packages (PEP 668) or has no pip
 #   3. scripts/services.sh up mosquitto
@@ -72,7 +72,7 @@ make_venv() {
 }
 
 if [ "$SERVICES" = 1 ]; then
-    bash scripts/services.sh install
+    bash scripts/services.sh install mosquitto
 fi
 
 PYTHON=$(pick_python)
