@@ -126,14 +126,22 @@ EOF
         die "mvn could not resolve kafka_2.13:$KAFKA_VERSION (log: $KAFKA_CACHE/mvn.log)"
     }
     [ -f "$tmp/kafka_2.13-$KAFKA_VERSION.jar" ] || die "mvn finished but $tmp has no kafka_2.13-$KAFKA_VERSION.jar"
-    mkdir -p "$KAFKA_CACHE/probe"
-    "$(kafka_javac)" -nowarn -d "$KAFKA_CACHE/probe" -cp "$tmp/*" "$REPO_ROOT/scripts/services.d/KafkaProbe.java" ||
-        die "javac could not compile scripts/services.d/KafkaProbe.java"
     rm -rf "$KAFKA_LIBS"
     mv "$tmp" "$KAFKA_LIBS"
+    kafka_compile_probe
     touch "$KAFKA_CACHE/.complete"
     exec 8>&-
     log "kafka $KAFKA_VERSION: $(find "$KAFKA_LIBS" -name '*.jar' | wc -l) jars in $KAFKA_LIBS"
+}
+
+# The readiness probe, compiled against the cached jars; again when its source changed.
+kafka_compile_probe() {
+    local src=$REPO_ROOT/scripts/services.d/KafkaProbe.java
+    [ -f "$KAFKA_CACHE/probe/KafkaProbe.class" ] && [ ! "$src" -nt "$KAFKA_CACHE/probe/KafkaProbe.class" ] &&
+        return 0
+    mkdir -p "$KAFKA_CACHE/probe"
+    "$(kafka_javac)" -nowarn -d "$KAFKA_CACHE/probe" -cp "$KAFKA_LIBS/*" "$src" ||
+        die "javac could not compile $src"
 }
 
 kafka_pid() { pid_alive "$KAFKA_PID" "$KAFKA_CONF"; }
@@ -168,6 +176,9 @@ offsets.topic.replication.factor=1
 offsets.topic.num.partitions=10
 transaction.state.log.replication.factor=1
 transaction.state.log.min.isr=1
+# Few partitions for the internal topics: made on first use, 50 each would take seconds.
+transaction.state.log.num.partitions=5
+share.coordinator.state.topic.num.partitions=5
 share.coordinator.state.topic.replication.factor=1
 share.coordinator.state.topic.min.isr=1
 # Tests start many short-lived consumer groups: no 3 s wait before the first assignment.
@@ -245,10 +256,14 @@ kafka_format() {
         log "kafka: the SCRAM user changed; formatting the storage in $KAFKA_DIR/data again"
     fi
     rm -rf "$KAFKA_DIR/data" "$stamp"
-    # A cluster id is 16 random bytes, URL-safe base64 without padding.
-    cluster_id=$(openssl rand -base64 16 | tr '+/' '-_' | tr -d '=\n')
+    # A cluster id is 16 random bytes, URL-safe base64 without padding; like Kafka's own
+    # Uuid.randomUuid, never one that starts with '-' (it would read as an option).
+    cluster_id=-
+    while [ "${cluster_id#-}" != "$cluster_id" ]; do
+        cluster_id=$(openssl rand -base64 16 | tr '+/' '-_' | tr -d '=\n')
+    done
     "$java" -Xmx256m -cp "$KAFKA_LIBS/*" -Dlog4j2.configurationFile="$KAFKA_DIR/log4j2.properties" \
-        kafka.tools.StorageTool format -t "$cluster_id" -c "$KAFKA_CONF" \
+        kafka.tools.StorageTool format --cluster-id="$cluster_id" -c "$KAFKA_CONF" \
         --add-scram "SCRAM-SHA-512=[name=$KAFKA_USER,password=$KAFKA_PASSWORD]" \
         </dev/null >"$KAFKA_DIR/format.log" 2>&1 9>&- 8>&- || {
         cat "$KAFKA_DIR/format.log" >&2
@@ -269,6 +284,7 @@ start_kafka() {
         return 0
     fi
     install_kafka
+    kafka_compile_probe
     java=$(kafka_java) || die "java not found"
     for port in "$KAFKA_PORT" "$KAFKA_SASL_PORT" "$KAFKA_CONTROLLER_PORT"; do
         if port_open "$KAFKA_HOST" "$port"; then

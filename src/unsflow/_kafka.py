@@ -31,14 +31,14 @@ if TYPE_CHECKING:
     from unsflow.components import Context
 
 __all__ = [
-    "KafkaConnectionConfig",
-    "ClientSettings",
-    "import_confluent",
-    "client_settings",
-    "ErrorWatch",
-    "check_connection",
-    "check_client_config",
     "TOPIC_NAME",
+    "ClientSettings",
+    "ErrorWatch",
+    "KafkaConnectionConfig",
+    "check_client_config",
+    "check_connection",
+    "client_settings",
+    "import_confluent",
 ]
 
 SecurityProtocol = Literal["PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL"]

@@ -2,9 +2,9 @@
 
 - MQTT -> Kafka bridge: UNS messages to a Kafka topic, key = the site name from
   the topic, payload byte-identical.
-- Kafka -> data lake: a consumer group writes Parquet objects of 50 messages
-  (as the pattern's integration did), every message a row in the partition
-  its timestamp and MQTT topic say.
+- Kafka -> data lake: a consumer group writes Parquet, flushing at 50 rows
+  (the pattern's integration cut objects of 50 messages), every message a row
+  in the partition its timestamp and MQTT topic say, offsets committed after.
 - Both chained over SASL_SSL with SCRAM-SHA-512 into MinIO: an edge process
   bridges, a core process writes the lake.
 """
@@ -145,11 +145,12 @@ def lake_target(**where: Any) -> dict[str, Any]:
     return {"type": "s3", "format": "parquet", "key-prefix": "uns",
             "partition-by": ["date", "hour", "topic-levels"],
             "topic-levels": ["enterprise", "site"],
-            # Objects are cut by count only, as the pattern's integration did (50 per object).
-            "batching": {"max-records": 50, "max-age": 60}, **where}
+            # Flushed at 50 rows, as the pattern's integration cut objects; the age limit only
+            # ends the test's last object sooner.
+            "batching": {"max-records": 50, "max-age": 3}, **where}
 
 
-def test_kafka_to_datalake_objects_of_50(kafka, kafka_topic, tmp_path):
+def test_kafka_to_datalake_flushes_at_50_rows(kafka, kafka_topic, tmp_path):
     kafka.create_topic(kafka_topic, partitions=1)
     expected = produce_uns_records(kafka, kafka_topic)
     lake = tmp_path / "lake"
@@ -196,7 +197,7 @@ def assert_rows_where_expected(lake: Path, expected: dict[int, tuple[str, int]])
     assert all(len(v) == 1 for v in where.values()), "duplicate rows"
     for seq, dirs in where.items():
         assert dirs[0] == "uns/" + expected_dir(*expected[seq]), (seq, dirs)
-    # Batched: a flush comes at 50 buffered rows (max-age is a minute), so objects hold
+    # Batched: a flush comes at 50 buffered rows (or after 3 s), so objects hold
     # many messages. (Rows that concurrent batches add before the flush runs join the
     # same object, so an object may hold more than 50.)
     per_dir = collections.Counter(d[0] for d in where.values())
@@ -227,7 +228,7 @@ def test_mqtt_to_kafka_sasl_ssl_to_parquet_on_minio(mqtt_broker, kafka, kafka_to
                              "credential": {"secret-name": "minio-credential", "provider": "env"},
                              "partition-by": ["topic-levels"], "topic-levels": ["t", "test", "run",
                                                                                 "plant"],
-                             "batching": {"max-records": 50, "max-age": 60}}},
+                             "batching": {"max-records": 50, "max-age": 3}}},
         "sources": {"core-kafka": {"type": "kafka", "group-id": kafka_topic, "topics": [kafka_topic],
                                    "topic-header": "mqtt.topic", "max-poll-records": 50,
                                    "target": "lake", **sasl}},

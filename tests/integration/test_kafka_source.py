@@ -49,7 +49,7 @@ async def read_until(source: KafkaSource, count: int, timeout: float = 30.0,
 async def nothing_within(source: KafkaSource, seconds: float) -> bool:
     try:
         await asyncio.wait_for(source.read(), seconds)
-    except asyncio.TimeoutError:
+    except TimeoutError:
         return True
     return False
 
@@ -183,7 +183,7 @@ async def test_group_members_share_partitions(kafka, kafka_topic):
             while sum(len(v) for v in got.values()) < 400:
                 try:
                     messages, token = await asyncio.wait_for(source.read(), 0.5)
-                except asyncio.TimeoutError:
+                except TimeoutError:
                     continue
                 got[source.id] += messages
                 source.ack(token)
@@ -200,15 +200,16 @@ async def test_group_members_share_partitions(kafka, kafka_topic):
 
 async def test_pauses_when_too_many_batches_wait_for_acks(kafka, kafka_topic):
     kafka.create_topic(kafka_topic)
-    produce(kafka, kafka_topic, [b"%d" % i for i in range(500)], partition=0)
+    produce(kafka, kafka_topic, [b"%d" % i for i in range(200)], partition=0)
     source = make_source({"bootstrap-servers": kafka.bootstrap, "group-id": kafka_topic,
                           "topics": [kafka_topic], "max-poll-records": 10, "max-pending": 3})
     await source.start()
     try:
-        await asyncio.sleep(3)  # time enough to fetch all 500 if it did not pause
-        assert source.in_flight <= 4  # max-pending, plus at most one batch fetched at the pause
+        await asyncio.sleep(2)  # time enough to fetch all 200 if it did not pause
+        # max-pending batches of 10, plus at most one batch fetched at the pause
+        assert source.in_flight <= 40
         assert source.received <= 40
-        got = await read_until(source, 500)  # acking lets it go on
+        got = await read_until(source, 200)  # acking lets it go on
     finally:
         await source.stop()
-    assert [int(m.payload) for m in got] == list(range(500))
+    assert [int(m.payload) for m in got] == list(range(200))

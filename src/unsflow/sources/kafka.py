@@ -11,9 +11,11 @@ Guarantees:
   When a partition is revoked or lost (a rebalance), what this member read
   from it and has not acknowledged yet is forgotten: the new owner reads it
   again from the committed offset.
-- Bounded: at most ``max-pending`` batches are unacknowledged; then the
-  member pauses its partitions (it keeps polling, so it stays in the group
-  however long the targets take) and resumes when acks catch up.
+- Bounded: when the engine stops taking batches (its ``max-in-flight``
+  budget of messages is spent) or ``max-pending`` batches are
+  unacknowledged, the member pauses its partitions (it keeps polling, so it
+  stays in the group however long the targets take) and resumes when acks
+  catch up.
 - A broker that is down is logged once and waited for (librdkafka
   reconnects). A refused login at start raises
   :class:`~unsflow.errors.NotConnected`; a fatal client error raises
@@ -64,6 +66,7 @@ log = logging.getLogger("unsflow.sources.kafka")
 
 Partition = tuple[str, int]
 _POLL = 0.2  # seconds one consume() waits; also the longest an acked offset waits to be committed
+_MAX_UNREAD = 64  # batches fetched ahead of read(); pausing often costs refetches
 
 
 class KafkaSourceConfig(KafkaConnectionConfig, SourceConfig):
@@ -82,7 +85,10 @@ class KafkaSourceConfig(KafkaConnectionConfig, SourceConfig):
         "mqtt.topic, written by the kafka target), so MQTT topic levels survive the trip.")
     max_poll_records: int = Field(1000, ge=1, le=100000, description="Most messages in a batch.")
     max_pending: int = Field(
-        16, ge=1, le=1024, description="Unacknowledged batches before the member pauses.")
+        1024, ge=1, le=65536,
+        description="Unacknowledged batches before the member pauses. The pipeline's "
+        "max-in-flight (messages) usually binds first: the member also pauses while the "
+        "engine takes no batches.")
     consumer_config: dict[str, ClientValue] = Field(
         default_factory=dict,
         description="Extra librdkafka consumer settings (e.g. session.timeout.ms, "
@@ -253,7 +259,7 @@ class KafkaSource(Source):
     def _consume_loop(self, consumer: Any) -> None:
         try:
             self._consume(consumer)
-        except BaseException as exc:  # handed to read(); the pipeline stops on it
+        except BaseException as exc:  # noqa: BLE001 - handed to read(); the pipeline stops on it
             self._fail(exc)
         finally:
             self._close(consumer)
@@ -264,7 +270,8 @@ class KafkaSource(Source):
         while self._running:
             self._commit(consumer, asynchronous=True)
             with self._lock:
-                full = len(self._tracker) >= c.max_pending
+                # Unacked batches, or batches the engine does not take (its budget is spent).
+                full = len(self._tracker) >= c.max_pending or len(self._batches) >= _MAX_UNREAD
             if full:
                 # Keep polling (group membership, rebalances, commits) but fetch nothing.
                 assignment = consumer.assignment()
@@ -417,8 +424,9 @@ class KafkaSource(Source):
 
     @property
     def in_flight(self) -> int:
+        """Messages delivered (or fetched for delivery) and not acknowledged yet."""
         with self._lock:
-            return len(self._tracker)
+            return sum(self._sizes.values())
 
 
 def _names(partitions: list[Any]) -> str:

@@ -29,8 +29,10 @@ user properties, each as a header of its own name. A message that came from
 Kafka carries its record headers on instead. The record timestamp is the
 time the source received the message.
 
-librdkafka's delivery reports run on a poller thread of the target; they
-resolve one asyncio future per batch, not one per message.
+``produce`` only enqueues, so it runs on the event loop (a thread hop per
+batch costs more); only a full local queue moves the rest of a batch to a
+worker thread that waits for room. Delivery reports run on a poller thread of
+the target and resolve one asyncio future per batch, not one per message.
 """
 
 from __future__ import annotations
@@ -38,7 +40,6 @@ from __future__ import annotations
 import asyncio
 import logging
 import threading
-import time
 from collections.abc import Callable
 from functools import partial
 from typing import Any, Literal
@@ -57,13 +58,15 @@ from unsflow._kafka import (
     import_confluent,
 )
 from unsflow.config.models import TargetConfig
-from unsflow.errors import ComponentError, TransientError
+from unsflow.errors import ComponentError, NotConnected, TransientError
 from unsflow.message import NOT_DECODED, Failure, Message
 from unsflow.targets.base import Target
 
 __all__ = ["KafkaTarget", "KafkaTargetConfig", "compile_template"]
 
 log = logging.getLogger("unsflow.targets.kafka")
+
+_CACHE_SIZE = 65536  # distinct MQTT topics remembered for keys, topics and headers
 
 _TEMPLATE_HELP = ("{topic} (MQTT topic), {target} (this target's name), {levels[N]} (topic level "
                   "N), {record[KEY]} (a field of the JSON record), {headers[NAME]} (a header of a "
@@ -139,6 +142,20 @@ def compile_template(template: str, target: str) -> Callable[[Message], str]:
     if template == "{target}":
         return lambda msg: target
     needs_record = "record" in roots
+    if not needs_record and "headers" not in roots:
+        # A function of the MQTT topic alone: remembered per topic (a UNS has a bounded set).
+        known: dict[str, str] = {}
+
+        def by_topic(msg: Message) -> str:
+            value = known.get(msg.topic)
+            if value is None:
+                value = template.format(topic=msg.topic, target=target,
+                                        levels=msg.topic.split("/"))
+                if len(known) < _CACHE_SIZE:
+                    known[msg.topic] = value
+            return value
+
+        return by_topic
 
     def fill(msg: Message) -> str:
         record = msg.record
@@ -154,16 +171,26 @@ def compile_template(template: str, target: str) -> Callable[[Message], str]:
     return fill
 
 
-def mqtt_headers(msg: Message) -> list[tuple[str, bytes | None]]:
-    """Headers for a message: its MQTT origin, or the record headers of a Kafka message."""
+def mqtt_headers(msg: Message, cache: dict[tuple[str, int, bool], list[Any]] | None = None
+                 ) -> list[tuple[str, bytes | None]]:
+    """Headers for a message: its MQTT origin, or the record headers of a Kafka message.
+
+    ``cache`` keeps the fixed part per (topic, qos, retain); lists from it are
+    shared, so callers must not change them.
+    """
     if msg.headers is not None:
         return [(k, v.encode() if isinstance(v, str) else v) for k, v in msg.headers.items()
                 if not k.startswith("kafka.") and (v is None or isinstance(v, (bytes, str)))]
-    headers: list[tuple[str, bytes | None]] = [
-        ("mqtt.topic", msg.topic.encode()), ("mqtt.qos", b"%d" % msg.qos),
-        ("mqtt.retain", b"true" if msg.retain else b"false")]
+    ident = (msg.topic, msg.qos, msg.retain)
+    headers = cache.get(ident) if cache is not None else None
+    if headers is None:
+        headers = [("mqtt.topic", msg.topic.encode()), ("mqtt.qos", b"%d" % msg.qos),
+                   ("mqtt.retain", b"true" if msg.retain else b"false")]
+        if cache is not None and len(cache) < _CACHE_SIZE:
+            cache[ident] = headers
     props = msg.properties
-    if isinstance(props, dict):
+    if isinstance(props, dict) and (props.get("content_type") or props.get("user_property")):
+        headers = list(headers)
         content_type = props.get("content_type")
         if content_type:
             headers.append(("mqtt.content_type", str(content_type[0]).encode()))
@@ -176,7 +203,7 @@ def mqtt_headers(msg: Message) -> list[tuple[str, bytes | None]]:
 class _Reports:
     """Delivery reports of one batch; resolves its future when the last arrives."""
 
-    __slots__ = ("loop", "future", "lock", "done", "expected", "errors")
+    __slots__ = ("done", "errors", "expected", "future", "lock", "loop")
 
     def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
         self.loop = loop
@@ -213,6 +240,7 @@ class KafkaTarget(Target[KafkaTargetConfig]):
         self._topic = compile_template(c.topic, self.id)
         self._key = compile_template(c.key, self.id) if c.key is not None else None
         self._valid_topics: set[str] = set()
+        self._headers: dict[tuple[str, int, bool], list[Any]] = {}
         self._producer: Any = None
         self._settings: dict[str, Any] = {}
         self._watch = ErrorWatch(self.id, log)
@@ -221,6 +249,7 @@ class KafkaTarget(Target[KafkaTargetConfig]):
         self._drained = threading.Event()
         self._produce_lock: asyncio.Lock | None = None
         self._fatal: Any = None
+        self._stopped = False
         self.produced = 0
         self.delivered = 0
 
@@ -228,6 +257,7 @@ class KafkaTarget(Target[KafkaTargetConfig]):
 
     async def start(self) -> None:
         import_confluent()
+        self._stopped = False
         c = self.config
         settings = await client_settings(c, self.context, self.id)
         settings.update({
@@ -285,13 +315,20 @@ class KafkaTarget(Target[KafkaTargetConfig]):
         if purge:
             producer.purge()
         left = await asyncio.to_thread(producer.flush, timeout)
+        if left:
+            # Fail what is still queued so that its writers hear it now (their batches are
+            # not acknowledged; the source redelivers them).
+            producer.purge()
+            await asyncio.to_thread(producer.flush, 1.0)
         self._polling = False
         if self._poller is not None:
             await asyncio.to_thread(self._poller.join, 5)
         return int(left)
 
     async def stop(self) -> None:
-        left = await self._close(self.config.delivery_timeout)
+        # Short: writers had the pipeline's shutdown time; what is left is redelivered.
+        self._stopped = True
+        left = await self._close(min(self.config.delivery_timeout, 5.0))
         if left:
             log.warning("[%s] stopped with %d message(s) not acknowledged by Kafka; their "
                         "batches are not acknowledged to the source either", self.id, left)
@@ -315,22 +352,34 @@ class KafkaTarget(Target[KafkaTargetConfig]):
                     failures.append(Failure(msg, f"Kafka topic {topic!r}: expected 1-249 "
                                                  "letters, digits, '.', '_' or '-'", self.stage))
                     continue
-                self._valid_topics.add(topic)
+                if len(self._valid_topics) < _CACHE_SIZE:
+                    self._valid_topics.add(topic)
             value = msg.payload if msg.record is NOT_DECODED else orjson.dumps(msg.record)
-            items.append((msg, topic, key, value, mqtt_headers(msg)))
+            items.append((msg, topic, key, value, mqtt_headers(msg, self._headers)))
         if not items:
             return failures
         reports = _Reports(asyncio.get_running_loop())
         async with self._produce_lock:
             # FIFO lock: batches are produced in the order write() was called, so one key's
             # messages keep their order across batches.
+            if self._stopped:
+                raise NotConnected("target stopped", component_id=self.id)
             if self._fatal is not None or self._producer is None:
                 await self._reopen()
-            refused = await asyncio.to_thread(self._produce_all, self._producer, items, reports)
+            # produce() only enqueues: on the event loop it costs less than a thread hop. Only
+            # a full local queue (a wait for delivery reports) moves the rest to a thread.
+            producer = self._producer
+            refused: list[tuple[int, str]] = []
+            stopped = self._produce_all(producer, items, reports, 0, refused, wait=False)
+            if stopped < len(items):
+                await asyncio.to_thread(self._produce_all, producer, items, reports, stopped,
+                                        refused, wait=True)
+            reports.all_produced(len(items) - len(refused))
+            self.produced += len(items) - len(refused)
         deadline = self.config.delivery_timeout + 10
         try:
             await asyncio.wait_for(asyncio.shield(reports.future), deadline)
-        except asyncio.TimeoutError:
+        except TimeoutError:
             raise TransientError(f"no delivery report for {len(items) - reports.done} of "
                                  f"{len(items)} messages within {deadline:.0f}s",
                                  component_id=self.id) from None
@@ -341,14 +390,20 @@ class KafkaTarget(Target[KafkaTargetConfig]):
 
     def _produce_all(self, producer: Any, items: list[tuple[Message, str, str | None, bytes,
                                                           list[Any]]],
-                     reports: _Reports) -> list[tuple[int, str]]:
-        """Enqueue every item (worker thread); messages refused at once, with the reason."""
+                     reports: _Reports, start: int, refused: list[tuple[int, str]], *,
+                     wait: bool) -> int:
+        """Enqueue items from ``start``; add those refused at once to ``refused``.
+
+        Returns where it stopped: ``len(items)``, or without ``wait`` the first
+        item the full local queue did not take. With ``wait`` (a worker thread)
+        it waits for delivery reports to make room: backpressure, never a drop.
+        """
         from confluent_kafka import KafkaException
 
         produce = producer.produce
         report = reports.report
-        refused: list[tuple[int, str]] = []
-        for i, (msg, topic, key, value, headers) in enumerate(items):
+        for i in range(start, len(items)):
+            msg, topic, key, value, headers = items[i]
             ts = int(msg.received_at * 1000) if msg.received_at > 0 else 0
             while True:
                 try:
@@ -356,16 +411,15 @@ class KafkaTarget(Target[KafkaTargetConfig]):
                             on_delivery=partial(report, i))
                     break
                 except BufferError:
-                    # Local queue full: wait for delivery reports to make room (backpressure).
+                    if not wait:
+                        return i
                     self._drained.clear()
                     self._drained.wait(0.1)
                 except KafkaException as exc:
-                    refused.append((i, f"Kafka refused the message for topic {topic!r}: "
-                                       f"{exc.args[0].str()}"))
+                    why = f"Kafka refused the message for topic {topic!r}: {exc.args[0].str()}"
+                    refused.append((i, why))
                     break
-        reports.all_produced(len(items) - len(refused))
-        self.produced += len(items) - len(refused)
-        return refused
+        return len(items)
 
     def _classify(self, items: list[Any], errors: list[tuple[int, Any]]) -> list[Failure]:
         """Per-message failures from delivery errors; raise when a retry may fix them."""

@@ -1,0 +1,86 @@
+"""Kafka stops mid-stream and comes back: the bridge loses nothing.
+
+A Kafka of the test's own (own data dir and ports, started by the project's
+services script), because the test stops it.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from tests.conftest import KafkaCluster, _free_ports, services, services_up
+from tests.e2e.helpers import UnsflowProcess
+from tests.e2e.test_kafka import consume_all, wait_until_bridged
+from unsflow.testing import publish_numbered
+
+pytestmark = pytest.mark.e2e
+
+
+@pytest.fixture
+def own_kafka(tmp_path: Path) -> Iterator[tuple[KafkaCluster, dict[str, str]]]:
+    port, sasl_port, controller_port = _free_ports(3)
+    env = dict(os.environ)
+    env.update(UNSFLOW_SERVICES_DIR=str(tmp_path / "services"), UNSFLOW_KAFKA_PORT=str(port),
+               UNSFLOW_KAFKA_SASL_PORT=str(sasl_port),
+               UNSFLOW_KAFKA_CONTROLLER_PORT=str(controller_port))
+    info = services_up("kafka", env)
+    yield KafkaCluster(info["bootstrap"], info["sasl_bootstrap"], info["ca_file"],
+                       info["username"], info["password"], info["mechanism"], info["log"]), env
+    services("down", "kafka", env)
+
+
+def test_kafka_stopped_mid_stream_loses_nothing(mqtt_broker, own_kafka, topic_prefix, tmp_path):
+    kafka, env = own_kafka
+    topic = "uns.bridge"
+    kafka.create_topic(topic, partitions=2)
+    config: dict[str, Any] = {
+        "mqtt-broker": {"host": mqtt_broker.host, "port": mqtt_broker.port,
+                        "client-id": f"bridge-{os.getpid()}-{time.time_ns()}", "clean-start": False},
+        "targets": {"bridge": {"type": "kafka", "bootstrap-servers": kafka.bootstrap,
+                               "topic": topic, "key": "{levels[3]}", "delivery-timeout": 5}},
+        "subscriptions": {f"{topic_prefix}/#": {"qos": 1, "target": "bridge"}},
+        "dead-letter": {"path": str(tmp_path / "dead.jsonl")},
+    }
+    path = tmp_path / "bridge.json"
+    path.write_text(json.dumps(config))
+    proc = UnsflowProcess(["run", str(path)], cwd=tmp_path, env={}).start()
+    total = 6000
+    published = {"n": 0}
+
+    def publish_all() -> None:
+        # Paced over ~10 s, so that publishing goes on before, during and after the outage.
+        for start in range(0, total, 250):
+            published["n"] += publish_numbered(mqtt_broker.host, mqtt_broker.port,
+                                               f"{topic_prefix}/site1/m", 250, start=start)
+            time.sleep(0.4)
+
+    publisher = threading.Thread(target=publish_all)
+    try:
+        wait_until_bridged(kafka, topic, mqtt_broker, f"{topic_prefix}/warmup/x/y", proc)
+        publisher.start()
+        while published["n"] < 1000:
+            time.sleep(0.05)
+        stopped_at = published["n"]
+        services("down", "kafka", env)  # SIGTERM: a clean stop, data kept
+        time.sleep(8)  # longer than delivery-timeout: batches fail and are retried
+        services_up("kafka", env)
+        publisher.join(120)
+        records = consume_all(kafka, topic, total + 1, timeout=120)
+    finally:
+        code = proc.terminate()
+        publisher.join(5)
+    assert code == 0, proc.output[-3000:]
+    assert stopped_at < total, "Kafka stopped after publishing ended; the test proved nothing"
+    seqs = {json.loads(r.value())["seq"] for r in records if r.value() != b"warmup"}
+    missing = sorted(set(range(total)) - seqs)
+    assert not missing, f"{len(missing)} lost, e.g. {missing[:10]}\n{proc.output[-3000:]}"
+    assert "retry" in proc.output  # the outage was seen and retried, not skipped
+    assert not (tmp_path / "dead.jsonl").exists() or not (tmp_path / "dead.jsonl").read_text()
