@@ -60,7 +60,7 @@ def test_dead_lettered_payloads_are_replayed_byte_for_byte(mqtt_broker, topic_pr
     dead = tmp_path / "dead.jsonl"
     proc = UnsflowProcess(["run", str(config)], cwd=tmp_path, env={}).start()
     try:
-        proc.wait_for_log("connected to")
+        proc.wait_for_log("subscribed:")
         deadline = time.monotonic() + 30
         while http(port, "/readyz")[0] != 200:  # subscribed: nothing published now is missed
             assert time.monotonic() < deadline, proc.output[-3000:]
@@ -115,7 +115,7 @@ def test_replay_to_the_original_topic_goes_through_the_pipeline_again(
     dead = tmp_path / "dead.jsonl"
     proc = UnsflowProcess(["run", str(config)], cwd=tmp_path, env={}).start()
     try:
-        proc.wait_for_log("connected to")
+        proc.wait_for_log("subscribed:")
         topic = f"{topic_prefix}/in/press"
         publish(mqtt_broker.host, mqtt_broker.port, [(topic, BAD[0])], 1)
         (first,) = wait_for_lines(dead, 1)

@@ -42,7 +42,7 @@ def assert_clean_datalake(root: Path) -> None:
 def test_20000_qos1_messages_all_become_rows(own_mqtt_broker, tmp_path):
     proc = start(tmp_path, own_mqtt_broker)
     try:
-        proc.wait_for_log("connected to")
+        proc.wait_for_log("subscribed:")
         assert publish_numbered(own_mqtt_broker.host, own_mqtt_broker.port, "plant/line1/press/vibration",
                                 TOTAL, qos=1) == TOTAL
         rows = wait_for_rows(tmp_path / "datalake", lambda r: len(seqs(r)) >= TOTAL, timeout=120)
@@ -70,7 +70,7 @@ def test_sigkill_mid_stream_loses_nothing(own_mqtt_broker, tmp_path):
 
     publisher = threading.Thread(target=publish_all)
     try:
-        proc.wait_for_log("connected to")
+        proc.wait_for_log("subscribed:")
         publisher.start()
         # Kill once some rows are durably written, mid-stream.
         rows = wait_for_rows(tmp_path / "datalake", lambda r: len(r) >= 1000, timeout=60)
@@ -80,7 +80,7 @@ def test_sigkill_mid_stream_loses_nothing(own_mqtt_broker, tmp_path):
         time.sleep(1.0)  # the broker queues what is published meanwhile
         restarted_at = published["n"]
         proc = start(tmp_path, own_mqtt_broker)
-        proc.wait_for_log("connected to")
+        proc.wait_for_log("subscribed:")
         publisher.join(120)
         assert published["n"] == TOTAL
         rows = wait_for_rows(tmp_path / "datalake", lambda r: len(seqs(r)) >= TOTAL, timeout=120)

@@ -76,7 +76,7 @@ def test_reference_config_end_to_end(mqtt_broker, topic_prefix, tmp_path, infere
                           env={"EDGE_BROKER_HOST": mqtt_broker.host,
                                "UNSFLOW_SECRETS_DIR": str(secrets)}).start()
     try:
-        proc.wait_for_log("connected to")
+        proc.wait_for_log("subscribed:")
         auth = dict(username=mqtt_broker.username, password=mqtt_broker.password,
                     tls_ca=mqtt_broker.ca_file)
         with Collector(mqtt_broker.host, mqtt_broker.tls_port, f"{topic_prefix}/out/#",

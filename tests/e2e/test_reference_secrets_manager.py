@@ -98,7 +98,7 @@ def test_reference_config_with_credentials_from_secrets_manager(
            "AWS_SECRET_ACCESS_KEY": secrets_manager.secret_key}
     proc = UnsflowProcess(["run", str(path)], cwd=tmp_path, env=env).start()
     try:
-        proc.wait_for_log("connected to")
+        proc.wait_for_log("subscribed:")
         auth = mqtt_broker.tls_options()
         with Collector(mqtt_broker.host, mqtt_broker.tls_port, f"{topic_prefix}/out/#",
                        **auth) as out:

@@ -166,7 +166,7 @@ def test_pipeline_alerts_on_exactly_the_injected_spikes(mqtt_broker, topic_prefi
     truth = tmp_path / "truth.jsonl"
     proc = UnsflowProcess(["run", str(tmp_path / "pipeline.json")], cwd=tmp_path, env={}).start()
     try:
-        proc.wait_for_log("connected to")
+        proc.wait_for_log("subscribed:")
         time.sleep(1.0)  # the log line comes just before SUBACK
         result = simulate(mqtt_broker, "--config", str(sim), "--style", "redhat",
                           "--prefix", topic_prefix, "--machines", "2", "--count", "60",

@@ -7,6 +7,7 @@ import math
 import re
 import socket
 import subprocess
+import time
 import sys
 from pathlib import Path
 from typing import Any
@@ -395,3 +396,29 @@ def test_open_lake_reads_a_column_that_is_number_in_one_object_and_text_in_anoth
     assert [r["value"] for r in rows] == ["1.5", "2", "RUNNING"]
     assert [r["n"] for r in rows] == [1.0, 2.0, 3.5]
     assert {r["hour"] for r in rows} == {10}
+
+
+async def test_an_object_holds_at_most_max_records_rows(tmp_path):
+    import pyarrow.parquet as pq
+
+    from unsflow.components import Context
+    from unsflow.message import Message
+    from unsflow.targets.object_store import ObjectStoreTarget
+
+    cfg = ObjectStoreTarget.config_class.model_validate(
+        {"type": "s3", "local-path": str(tmp_path), "batching": {"max-records": 50, "max-age": 5}})
+    target = ObjectStoreTarget("lake", cfg, Context(env={}))
+    await target.start()
+    now = time.time()
+    try:
+        # 3 writers arrive before the flush runs: 180 rows buffered, one flush.
+        batches = [[Message("a/b", b'{"n": %d}' % (i * 60 + j), received_at=now)
+                    for j in range(60)] for i in range(3)]
+        results = await asyncio.gather(*(target.write(b) for b in batches))
+    finally:
+        await target.stop()
+    assert results == [[], [], []]
+    sizes = sorted(pq.read_metadata(f).num_rows for f in tmp_path.rglob("*.parquet"))
+    assert sizes == [30, 50, 50, 50]
+    rows = [r for f in tmp_path.rglob("*.parquet") for r in pq.read_table(f).column("n").to_pylist()]
+    assert sorted(rows) == list(range(180))

@@ -34,6 +34,8 @@ T = TypeVar("T")
 # Unexpected exceptions (a component bug, an unmapped library error) are
 # retried this many times before the batch is dead-lettered with the error.
 MAX_UNEXPECTED_ATTEMPTS = 5
+# Seconds between two retry warnings of one stage.
+RETRY_LOG_INTERVAL = 5.0
 
 
 @dataclass
@@ -70,6 +72,7 @@ class TargetPath:
         self.backoff_initial = backoff_initial
         self.backoff_max = backoff_max
         self.stats = PathStats()
+        self._last_warning: dict[str, tuple[float, int]] = {}
 
     @property
     def id(self) -> str:
@@ -146,8 +149,16 @@ class TargetPath:
         self.stats.retries += 1
         key = type(exc).__name__
         self.stats.errors[key] = self.stats.errors.get(key, 0) + 1
-        level = logging.WARNING if backoff.attempt < 3 or backoff.attempt % 10 == 0 else logging.DEBUG
-        log.log(level, "[%s] %s; retry %d", stage, exc, backoff.attempt + 1)
+        # Many batches retry at once during an outage: one warning per stage every
+        # few seconds, with the count of those not shown, instead of one per batch.
+        now = time.monotonic()
+        last, hidden = self._last_warning.get(stage, (0.0, 0))
+        if now - last >= RETRY_LOG_INTERVAL:
+            more = f" ({hidden} more retries not logged)" if hidden else ""
+            log.warning("[%s] %s; retrying with backoff%s", stage, exc, more)
+            self._last_warning[stage] = (now, 0)
+        else:
+            self._last_warning[stage] = (last, hidden + 1)
 
     async def _dead_letter(self, failures: list[Failure], st: StageStats) -> None:
         await self.dead_letter.write(failures)

@@ -195,6 +195,9 @@ class MqttSource(Source):
             log.error("[%s] broker refused %d subscription(s) (codes %s): check ACLs and filters",
                       self.id, len(refused), refused)
         else:
+            if not self._subscribed.is_set():
+                log.info("[%s] subscribed: %s", self.id,
+                         ", ".join(f"{f} (qos {q})" for f, q in self.subscriptions.items()))
             self._subscribed.set()
 
     def _on_disconnect(self, client: Any, packet: Any, exc: Any = None) -> None:

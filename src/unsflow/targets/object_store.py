@@ -424,14 +424,23 @@ class ObjectStoreTarget(Target[ObjectStoreTargetConfig]):
         self._first_at = None
         self._full.clear()
         try:
+            # An object holds at most max-records rows (a message's rows stay together),
+            # so "50 messages per object" means 50, however much arrived before the flush.
+            jobs = [(key, buf, chunk) for key, buf in pending.items()
+                    for chunk in _chunks(buf.entries, self.config.batching.max_records)]
             results = await asyncio.gather(
-                *(asyncio.to_thread(self._write_object, key, buf.entries)
-                  for key, buf in pending.items()), return_exceptions=True)
-            for buf, result in zip(pending.values(), results):
-                if isinstance(result, Exception):
-                    buf.future.set_exception(result)
-                elif isinstance(result, list):
-                    buf.future.set_result(result)
+                *(asyncio.to_thread(self._write_object, key, chunk) for key, _, chunk in jobs),
+                return_exceptions=True)
+            outcome: dict[int, list[Failure]] = {id(buf): [] for buf in pending.values()}
+            for (_, buf, _), result in zip(jobs, results):
+                if isinstance(result, BaseException):
+                    if not buf.future.done():
+                        buf.future.set_exception(result)
+                else:
+                    outcome[id(buf)].extend(result)
+            for buf in pending.values():
+                if not buf.future.done():
+                    buf.future.set_result(outcome[id(buf)])
         finally:
             for buf in pending.values():  # cancelled mid-flush: no writer waits forever
                 if not buf.future.done():
@@ -628,3 +637,21 @@ def _widest_schema(schemas: list[Any]) -> Any:
             kind = pa.string()
         fields.append(pa.field(name, kind))
     return pa.schema(fields)
+
+
+def _chunks(entries: list[tuple[Message, Any]], max_rows: int) -> list[list[tuple[Message, Any]]]:
+    """Split entries into runs of at most ``max_rows`` rows; one message is never split."""
+    chunks: list[list[tuple[Message, Any]]] = []
+    current: list[tuple[Message, Any]] = []
+    rows = 0
+    for entry in entries:
+        encoded = entry[1]  # rows (parquet) or JSON lines (jsonl)
+        n = len(encoded) if isinstance(encoded, list) else max(1, encoded.count(b"\n"))
+        if current and rows + n > max_rows:
+            chunks.append(current)
+            current, rows = [], 0
+        current.append(entry)
+        rows += n
+    if current:
+        chunks.append(current)
+    return chunks
