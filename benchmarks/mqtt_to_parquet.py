@@ -12,9 +12,10 @@ Method (one run prints one JSON document):
 3. Raw: ``mosquitto_sub -q QOS -C N`` (C client, output to /dev/null); the
    clock runs from its start to its exit.
 4. unsflow: ``unsflow run`` on a config like examples/local-datalake.json;
-   the clock runs from its "subscribed:" log line until N rows are in Parquet
-   (read from the files' footers), i.e. durably written. Peak memory is the
-   process's VmHWM.
+   the clock runs from its "connected to" log line (CONNACK; a persistent
+   session's backlog flows right after it, before the SUBACK) until N rows
+   are in Parquet (read from the files' footers), i.e. durably written. Peak
+   memory is the process's VmHWM.
 
 Run: python benchmarks/mqtt_to_parquet.py [--messages 200000] [--qos 0 1]
 """
@@ -125,7 +126,7 @@ def unsflow_rate(broker: dict, qos: int, n: int, workdir: Path) -> dict:
     try:
         assert proc.stderr is not None
         for line in proc.stderr:
-            if "subscribed:" in line:
+            if "connected to" in line:
                 break
         t0 = time.perf_counter()
         rows = 0
