@@ -31,7 +31,6 @@ import argparse
 import json
 import os
 import shutil
-import socket
 import subprocess
 import sys
 import tempfile
@@ -40,13 +39,11 @@ from pathlib import Path
 from typing import Any
 
 REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from common import free_port, payload, peak_rss_mib  # noqa: E402
+
 SITES = ["site1", "site2", "site3"]
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def services_env(workdir: Path) -> dict[str, str]:
@@ -64,11 +61,6 @@ def service(command: str, name: str, env: dict[str, str]) -> dict[str, Any]:
     if result.returncode != 0:
         sys.exit(f"services.sh up {name} failed:\n{result.stderr}")
     return json.loads((Path(env["UNSFLOW_SERVICES_DIR"]) / name / "info.json").read_text())
-
-
-def payload(seq: int) -> bytes:
-    return b'{"seq":%d,"value":%.3f,"ts":%d,"machine":"press-07"}' % (
-        seq, 12.0 + (seq % 600) / 100, 1_763_000_000_000 + seq)
 
 
 def preload(kafka: dict, topic: str, n: int) -> None:
@@ -163,13 +155,6 @@ class MinioLake:
                 with self.fs.open_input_file(info.path) as f:
                     self.footers[info.path] = pq.read_metadata(f).num_rows
         return sum(self.footers.values()), len(self.footers)
-
-
-def peak_rss_mib(pid: int) -> float:
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith("VmHWM:"):
-            return int(line.split()[1]) / 1024
-    return float("nan")
 
 
 def unsflow_rate(kafka: dict, topic: str, n: int, max_records: int, lake: Any,

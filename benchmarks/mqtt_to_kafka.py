@@ -30,7 +30,6 @@ import argparse
 import json
 import os
 import shutil
-import socket
 import subprocess
 import sys
 import tempfile
@@ -39,17 +38,14 @@ from pathlib import Path
 from typing import Any
 
 REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(REPO / "src"))
+
+from common import free_port, payload, peak_rss_mib  # noqa: E402
 
 from unsflow.testing import publish
 
 TOPIC = "bench/site1/line1/press/vibration"
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def services_env(workdir: Path) -> dict[str, str]:
@@ -67,11 +63,6 @@ def service(command: str, name: str, env: dict[str, str]) -> dict[str, Any]:
     if command != "up":
         return {}
     return json.loads((Path(env["UNSFLOW_SERVICES_DIR"]) / name / "info.json").read_text())
-
-
-def payload(seq: int) -> bytes:
-    return b'{"seq":%d,"value":%.3f,"ts":%d,"machine":"press-07"}' % (
-        seq, 12.0 + (seq % 600) / 100, 1_763_000_000_000 + seq)
 
 
 def preload(broker: dict, client_id: str, n: int) -> None:
@@ -147,13 +138,6 @@ def raw_kafka_rate(kafka: dict, security: str, n: int) -> float:
     elapsed = time.perf_counter() - t0
     assert delivered == n, f"raw producer: {delivered} of {n} delivered"
     return n / elapsed
-
-
-def peak_rss_mib(pid: int) -> float:
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith("VmHWM:"):
-            return int(line.split()[1]) / 1024
-    return float("nan")
 
 
 def unsflow_rate(broker: dict, kafka: dict, security: str, n: int, workdir: Path) -> dict:

@@ -26,7 +26,6 @@ import argparse
 import json
 import os
 import shutil
-import socket
 import subprocess
 import sys
 import tempfile
@@ -34,17 +33,14 @@ import time
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(REPO / "src"))
+
+from common import free_port, payload, peak_rss_mib  # noqa: E402
 
 from unsflow.testing import publish  # noqa: E402
 
 TOPIC = "bench/site1/line1/press/vibration"
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def start_broker(workdir: Path) -> dict:
@@ -60,11 +56,6 @@ def stop_broker(workdir: Path) -> None:
     env = {**os.environ, "UNSFLOW_SERVICES_DIR": str(workdir / "services")}
     subprocess.run(["bash", str(REPO / "scripts" / "services.sh"), "down", "mosquitto"],
                    env=env, check=False, capture_output=True)
-
-
-def payload(seq: int) -> bytes:
-    return b'{"seq":%d,"value":%.3f,"ts":%d,"machine":"press-07"}' % (
-        seq, 12.0 + (seq % 600) / 100, 1_763_000_000_000 + seq)
 
 
 def preload(broker: dict, client_id: str, qos: int, n: int, topic_filter: str) -> float:
@@ -98,13 +89,6 @@ def count_rows(root: Path) -> int:
         except OSError:
             pass
     return total
-
-
-def peak_rss_mib(pid: int) -> float:
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith("VmHWM:"):
-            return int(line.split()[1]) / 1024
-    return float("nan")
 
 
 def unsflow_rate(broker: dict, qos: int, n: int, workdir: Path) -> dict:
