@@ -52,7 +52,7 @@ def main() -> None:
     try:
         assert proc.stderr is not None
         for line in proc.stderr:
-            if "connected to" in line:
+            if "subscribed:" in line:
                 break
             if "error" in line.lower():
                 sys.stderr.write(line)
