@@ -87,7 +87,7 @@ def main() -> None:
         sample = {k: rows[-1][k] for k in ("_topic", "_received_at", "machine", "value", "unit", "date", "hour")}
         print("a row:", sample)
     print("query it yourself: python -c \"import duckdb; print(duckdb.sql(\\\"select _topic, "
-          "count(*), avg(value) from read_parquet('datalake/**/*.parquet', hive_partitioning=true, "
+          "count(*), avg(try_cast(value as double)) from read_parquet('datalake/**/*.parquet', hive_partitioning=true, "
           "union_by_name=true) group by 1\\\"))\"")
     sys.exit(0 if len(seqs) == sent else 1)
 
