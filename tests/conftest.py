@@ -12,6 +12,7 @@ import re
 import signal
 import socket
 import subprocess
+import time
 import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -252,6 +253,23 @@ class KafkaCluster:
                       "sasl.password": self.password, "ssl.ca.location": self.ca_file}
         config.update(extra)
         return config
+
+    def consume(self, topic: str, count: int, timeout: float = 60.0, **conf: Any) -> list[Any]:
+        """Every record of ``topic`` from the beginning (a fresh group), until ``count`` arrived."""
+        from confluent_kafka import Consumer
+
+        group = f"{topic}.check.{uuid.uuid4().hex[:6]}"
+        consumer = Consumer(self.client_config(**{"group.id": group,
+                                                  "auto.offset.reset": "earliest", **conf}))
+        consumer.subscribe([topic])
+        records: list[Any] = []
+        deadline = time.monotonic() + timeout
+        try:
+            while len(records) < count and time.monotonic() < deadline:
+                records += [r for r in consumer.consume(1000, 0.5) if r.error() is None]
+        finally:
+            consumer.close()
+        return records
 
     def create_topic(self, name: str, partitions: int = 1) -> str:
         """Create ``name`` and wait until it exists."""

@@ -18,7 +18,7 @@ import pytest
 
 from tests.conftest import KafkaCluster, _free_ports, services, services_up
 from tests.e2e.helpers import UnsflowProcess
-from tests.e2e.test_kafka import consume_all, wait_until_bridged
+from tests.e2e.test_kafka import wait_until_bridged
 from unsflow.testing import publish_numbered
 
 pytestmark = pytest.mark.e2e
@@ -73,7 +73,7 @@ def test_kafka_stopped_mid_stream_loses_nothing(mqtt_broker, own_kafka, topic_pr
         time.sleep(8)  # longer than delivery-timeout: batches fail and are retried
         services_up("kafka", env)
         publisher.join(120)
-        records = consume_all(kafka, topic, total + 1, timeout=120)
+        records = kafka.consume(topic, total + 1, timeout=120)
     finally:
         code = proc.terminate()
         publisher.join(5)

@@ -9,14 +9,13 @@ broker it would collect every other test's messages.
 from __future__ import annotations
 
 import collections
-import shutil
 import threading
 import time
 from pathlib import Path
 
 import pytest
 
-from tests.e2e.helpers import UnsflowProcess, read_rows, wait_for_rows
+from tests.e2e.helpers import UnsflowProcess, wait_for_rows
 from unsflow.testing import publish_numbered
 
 EXAMPLE = Path(__file__).parents[2] / "examples" / "local-datalake.json"

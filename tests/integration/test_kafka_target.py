@@ -21,23 +21,6 @@ def make_target(cfg: dict[str, Any], env: dict[str, str] | None = None,
     return KafkaTarget(name, config, Context(env=env or {}))
 
 
-def read_back(kafka, topic: str, count: int, timeout: float = 30.0) -> list[Any]:
-    """Every record of ``topic`` from the beginning, until ``count`` arrived."""
-    from confluent_kafka import Consumer
-
-    consumer = Consumer(kafka.client_config(**{"group.id": f"{topic}.reader",
-                                               "auto.offset.reset": "earliest"}))
-    consumer.subscribe([topic])
-    records: list[Any] = []
-    deadline = time.monotonic() + timeout
-    try:
-        while len(records) < count and time.monotonic() < deadline:
-            records += [r for r in consumer.consume(1000, 0.5) if r.error() is None]
-    finally:
-        consumer.close()
-    return records
-
-
 def mqtt_message(topic: str, payload: bytes, **kw: Any) -> Message:
     return Message(topic, payload, kw.pop("qos", 1), kw.pop("retain", False), time.time(), **kw)
 
@@ -59,7 +42,7 @@ async def test_payload_key_headers_and_partitioning(kafka, kafka_topic):
             assert await target.write(batch) == []
     finally:
         await target.stop()
-    records = read_back(kafka, kafka_topic, 500)
+    records = kafka.consume(kafka_topic, 500)
     assert len(records) == 500
     by_seq = {int(r.value().split(b",")[0].split(b":")[1]): r for r in records}
     assert sorted(by_seq) == list(range(500))
@@ -96,7 +79,7 @@ async def test_sasl_ssl_scram_with_credential_from_secret_provider(kafka, kafka_
         assert await target.write(msgs) == []
     finally:
         await target.stop()
-    records = read_back(kafka, kafka_topic, 50)
+    records = kafka.consume(kafka_topic, 50)
     assert [r.value() for r in records] == [b"%d" % i for i in range(50)]
     assert {r.key() for r in records} == {b"acme/site1/line1/temp"}  # default key: the MQTT topic
 
@@ -135,7 +118,7 @@ async def test_bad_messages_fail_alone(kafka, kafka_topic):
     assert f"'{kafka_topic}.L/1'" in reasons[id(bad_topic)]
     assert "too large" in reasons[id(too_large)].lower()
     assert all(f.stage == "target:kafka-out" for f in failures)
-    records = read_back(kafka, kafka_topic + ".L1", 1)
+    records = kafka.consume(kafka_topic + ".L1", 1)
     assert [(r.key(), r.value()) for r in records] == [(b"m1", good.payload)]
 
 
@@ -151,7 +134,7 @@ async def test_full_local_queue_is_backpressure_not_loss(kafka, kafka_topic):
     finally:
         await target.stop()
     assert target.delivered == 3000
-    records = read_back(kafka, kafka_topic, 3000)
+    records = kafka.consume(kafka_topic, 3000)
     assert sorted(int(r.value()) for r in records) == list(range(3000))
     assert all(r.key() is None for r in records)
 
@@ -164,5 +147,5 @@ async def test_decoded_records_are_sent_as_json(kafka, kafka_topic):
         assert await target.write([msg]) == []
     finally:
         await target.stop()
-    (record,) = read_back(kafka, kafka_topic, 1)
+    (record,) = kafka.consume(kafka_topic, 1)
     assert record.value() == b'{"value":7,"anomaly":true}'
