@@ -317,3 +317,22 @@ def pytest_collection_finish(session: pytest.Session) -> None:
         if reporter is not None:
             reporter.write_line("building MinIO from its Go module (minutes, once per machine)")
         build.wait(3600)
+
+
+def pytest_terminal_summary(terminalreporter: Any) -> None:
+    """The fault suite's table (tests/e2e/helpers.py ``report_scenario``), also as JSON."""
+    from tests.e2e.helpers import FAULT_REPORT
+
+    if not FAULT_REPORT:
+        return
+    write = terminalreporter.write_line
+    terminalreporter.section("fault scenarios")
+    write(f"{'scenario':<34} {'published':>9} {'delivered':>9} {'dead-lettered':>13} "
+          f"{'duplicated':>10} {'lost':>5}")
+    for e in FAULT_REPORT:
+        write(f"{e['scenario']:<34} {e['published']:>9} {e['delivered']:>9} "
+              f"{e['dead_lettered']:>13} {e['duplicated']:>10} {e['lost']:>5}")
+    out = Path(__file__).parents[1] / "build" / "fault-report.json"
+    out.parent.mkdir(exist_ok=True)
+    out.write_text(json.dumps(FAULT_REPORT, indent=2) + "\n")
+    write(f"(written to {out})")

@@ -8,6 +8,7 @@ import subprocess
 import sys
 import threading
 import time
+from collections import Counter
 from pathlib import Path
 from typing import Any
 
@@ -89,3 +90,66 @@ def wait_for_rows(root: Path, predicate, timeout: float = 60.0, column: str = "s
             return rows
         time.sleep(0.3)
     return rows
+
+
+# --- The fault suite's report -------------------------------------------------
+#
+# Every fault scenario (issue 5) records what it published and where each
+# message ended up; pytest prints the table at the end of the run
+# (tests/conftest.py) and writes it to build/fault-report.json.
+
+FAULT_REPORT: list[dict[str, Any]] = []
+
+
+def dead_letter_seqs(path: Path) -> Counter:
+    """``seq`` of every dead-lettered message whose original payload is a numbered JSON record."""
+    import base64
+    import json
+
+    counts: Counter = Counter()
+    if not path.exists():
+        return counts
+    for line in path.read_text().splitlines():
+        if not line.strip():
+            continue
+        entry = json.loads(line)
+        raw = entry.get("payload")
+        if raw is None and entry.get("payload_base64") is not None:
+            raw = base64.b64decode(entry["payload_base64"]).decode("utf-8", "replace")
+        try:
+            seq = json.loads(raw).get("seq") if raw else None
+        except (ValueError, AttributeError):
+            seq = None
+        if isinstance(seq, int):
+            counts[seq] += 1
+    return counts
+
+
+def report_scenario(name: str, published: int, delivered: Counter,
+                    dead_lettered: Counter | None = None, *, expected: set[int] | None = None,
+                    note: str = "") -> dict[str, Any]:
+    """Record one scenario's outcome and assert that nothing acknowledged was lost.
+
+    ``delivered`` and ``dead_lettered`` count each ``seq`` found in the output
+    and in the dead letter; ``expected`` is the set of seqs that must be in one
+    of them (default ``range(published)``). Duplicates are counted, not failed.
+    """
+    dead_lettered = dead_lettered or Counter()
+    expected = set(range(published)) if expected is None else expected
+    found = set(delivered) | set(dead_lettered)
+    lost = sorted(expected - found)
+    entry = {
+        "scenario": name,
+        "published": published,
+        "delivered": len(set(delivered) & expected),
+        "dead_lettered": len(set(dead_lettered) & expected),
+        "duplicated": sum(c - 1 for c in delivered.values() if c > 1)
+                      + sum(c - 1 for c in dead_lettered.values() if c > 1),
+        "lost": len(lost),
+        "note": note,
+    }
+    FAULT_REPORT.append(entry)
+    print(f"\nfault scenario {name}: " + " ".join(f"{k}={v}" for k, v in entry.items()
+                                                  if k != "scenario"))
+    assert not lost, f"{name}: {len(lost)} acknowledged messages lost, e.g. {lost[:20]}"
+    return entry
