@@ -170,6 +170,13 @@ def _semantic_issues(data: dict[str, Any]) -> list[ConfigIssue]:
                     f"sources.{sname}.target",
                     f"the name of a target in 'targets' ({', '.join(sorted(targets)) or 'none'})",
                     repr(name)))
+    dead_letter = data.get("dead-letter")
+    if isinstance(dead_letter, dict) and isinstance(dead_letter.get("target"), str) \
+            and dead_letter["target"] not in targets:
+        issues.append(ConfigIssue(
+            "dead-letter.target",
+            f"the name of a target in 'targets' ({', '.join(sorted(targets)) or 'none'})",
+            repr(dead_letter["target"])))
     for tname, target in targets.items():
         if not isinstance(target, dict) or not isinstance(target.get("processors"), list):
             continue

@@ -173,7 +173,13 @@ class DeadLetterConfig(Model):
 
     path: str = Field(
         "./unsflow-deadletter.jsonl",
-        description="JSON-lines file: original payload, topic, error, stage, attempts.",
+        description="JSON-lines file: original payload, topic, error, stage, attempts. With "
+        "`target` set, the fallback for entries that target refuses for good.",
+    )
+    target: str | None = Field(
+        None,
+        description="Name of a target in `targets` (file, mqtt, kafka, s3) that receives each "
+        "dead-letter entry as a JSON record instead of the file; retried while it is down.",
     )
 
 

@@ -5,6 +5,13 @@ valid UTF-8, else base64), the source topic, the error, the stage that failed,
 the attempt count and the time. The file is appended and fsynced before
 ``write`` returns, so a dead-lettered message counts as durably accepted and
 its source message may be acknowledged.
+
+With ``dead-letter.target`` set, each entry goes instead to that target (a
+file, an MQTT or Kafka topic, an object store) as a JSON record, and counts as
+accepted when that target accepted it. While the target is down the write is
+retried with backoff (the source's acknowledgement waits, as for any target);
+an entry the target refuses for good is appended to the file, with the
+target's reason added, so nothing is dropped.
 """
 
 from __future__ import annotations
@@ -18,14 +25,25 @@ from pathlib import Path
 
 import orjson
 
-from unsflow.message import Failure
+from unsflow.engine.backoff import Backoff
+from unsflow.errors import ComponentError, PermanentError, TransientError
+from unsflow.message import Failure, Message
+from unsflow.targets.base import Target
 
-__all__ = ["DeadLetter", "dead_letter_line"]
+__all__ = ["DeadLetter", "dead_letter_entry", "dead_letter_line"]
+
+# Seconds between two warnings about a dead-letter target that is down.
+_RETRY_LOG_INTERVAL = 5.0
 
 log = logging.getLogger("unsflow.deadletter")
 
 
 def dead_letter_line(failure: Failure) -> bytes:
+    return orjson.dumps(dead_letter_entry(failure)) + b"\n"
+
+
+def dead_letter_entry(failure: Failure) -> dict[str, object]:
+    """One failure as the JSON object the dead letter stores."""
     msg = failure.message
     entry: dict[str, object] = {
         "time": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
@@ -41,28 +59,71 @@ def dead_letter_line(failure: Failure) -> bytes:
         entry["payload"] = msg.payload.decode("utf-8")
     except UnicodeDecodeError:
         entry["payload_base64"] = base64.b64encode(msg.payload).decode("ascii")
-    return orjson.dumps(entry) + b"\n"
+    return entry
 
 
 class DeadLetter:
     """Appends failures to a JSON-lines file, durably."""
 
-    def __init__(self, path: str | os.PathLike[str]) -> None:
+    def __init__(self, path: str | os.PathLike[str], target: Target | None = None, *,
+                 backoff_initial: float = 0.2, backoff_max: float = 30.0) -> None:
         self.path = Path(path)
+        self.target = target
         self.count = 0
+        self.fallbacks = 0  # entries the target refused, kept in the file instead
+        self.backoff_initial = backoff_initial
+        self.backoff_max = backoff_max
         self._lock = asyncio.Lock()
+        self._last_warning = 0.0
 
     async def write(self, failures: list[Failure]) -> None:
+        """Return once every failure is durably stored (see the module docstring)."""
         if not failures:
             return
-        data = b"".join(dead_letter_line(f) for f in failures)
-        async with self._lock:
-            await asyncio.to_thread(self._append, data)
+        if self.target is None:
+            await self._to_file(failures)
+        else:
+            await self._to_target(failures, self.target)
         self.count += len(failures)
         for f in failures[:3]:
             log.warning("dead letter: topic=%s stage=%s error=%s", f.message.topic, f.stage, f.error)
         if len(failures) > 3:
             log.warning("dead letter: %d more from the same batch", len(failures) - 3)
+
+    async def _to_file(self, failures: list[Failure]) -> None:
+        data = b"".join(dead_letter_line(f) for f in failures)
+        async with self._lock:
+            await asyncio.to_thread(self._append, data)
+
+    async def _to_target(self, failures: list[Failure], target: Target) -> None:
+        entries = [Message(topic=f.message.topic, payload=dead_letter_line(f)[:-1],
+                           qos=f.message.qos, received_at=f.message.received_at,
+                           record=dead_letter_entry(f), source_id=f.message.source_id)
+                   for f in failures]
+        backoff = Backoff(self.backoff_initial, self.backoff_max)
+        while True:
+            try:
+                refused = await target.write(entries)
+                break
+            except PermanentError as exc:
+                refused = [Failure(m, str(exc), target.stage) for m in entries]
+                break
+            except (TransientError, ComponentError) as exc:
+                now = time.monotonic()
+                if now - self._last_warning >= _RETRY_LOG_INTERVAL:
+                    log.warning("dead letter: target %s: %s; retrying with backoff", target.id, exc)
+                    self._last_warning = now
+                await asyncio.sleep(backoff.next())
+        if refused:
+            original = {id(m): f for m, f in zip(entries, failures)}
+            kept = [Failure(original[id(r.message)].message,
+                            f"{original[id(r.message)].error} (dead-letter target {target.id} "
+                            f"refused it: {r.error})", original[id(r.message)].stage)
+                    for r in refused]
+            log.error("dead letter: target %s refused %d entr%s; kept in %s", target.id,
+                      len(kept), "y" if len(kept) == 1 else "ies", self.path)
+            self.fallbacks += len(kept)
+            await self._to_file(kept)
 
     def _append(self, data: bytes) -> None:
         self.path.parent.mkdir(parents=True, exist_ok=True)

@@ -72,6 +72,8 @@ class Pipeline:
             cls = registry.load("targets", tcfg.type)
             chain = [self.processors[p] for p in tcfg.processors]
             self.paths[name] = TargetPath(cls(name, tcfg, self.context), chain, self.dead_letter)
+        if config.dead_letter.target is not None:
+            self.dead_letter.target = self.paths[config.dead_letter.target].target
         self.matcher = TopicMatcher(
             {flt: sub.target_names for flt, sub in config.subscriptions.items()})
         self.max_in_flight = config.max_in_flight
