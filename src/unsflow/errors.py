@@ -10,6 +10,9 @@
     │   ├── TransientError       transient: a retry may succeed (timeout, 5xx, broker busy)
     │   └── PermanentError       retrying cannot fix it; the message goes to the dead letter
     │       └── DecodeError      a payload that cannot be decoded into a record
+    ├── ModelStoreError          the model store cannot be read or written (names store, model)
+    │   ├── ModelNotFound        no such model, or no such (complete) version
+    │   └── ModelCorrupt         an artifact that cannot be read or loaded
     └── MissingDependency        an optional extra is not installed; names the extra
 
 Third-party exceptions (gmqtt, httpx, pyarrow, obstore) are mapped to these at
@@ -30,6 +33,9 @@ __all__ = [
     "TransientError",
     "PermanentError",
     "DecodeError",
+    "ModelStoreError",
+    "ModelNotFound",
+    "ModelCorrupt",
     "MissingDependency",
 ]
 
@@ -87,6 +93,18 @@ class PermanentError(ComponentError):
 
 class DecodeError(PermanentError):
     """A payload that cannot be decoded into a record."""
+
+
+class ModelStoreError(UnsflowError):
+    """The model store cannot be read or written; the message names the store and the model."""
+
+
+class ModelNotFound(ModelStoreError):
+    """No such model in the store, or no such complete version of it."""
+
+
+class ModelCorrupt(ModelStoreError):
+    """A model artifact that cannot be read (bad JSON, missing model file) or loaded."""
 
 
 class MissingDependency(UnsflowError):

@@ -65,7 +65,8 @@ if TYPE_CHECKING:
 
     from unsflow.secrets.base import Credential
 
-__all__ = ["ObjectStoreTarget", "ObjectStoreTargetConfig", "content_digest", "open_lake"]
+__all__ = ["ObjectStoreTarget", "ObjectStoreTargetConfig", "build_store", "content_digest",
+           "open_lake"]
 
 _URL_SCHEMES = {"s3", "s3a", "gs", "az", "abfs", "abfss", "adl", "azure", "file", "memory",
                 "http", "https"}
@@ -298,37 +299,17 @@ class ObjectStoreTarget(Target[ObjectStoreTargetConfig]):
         cfg = self.config
         if cfg.format == "parquet":
             _require("pyarrow.parquet")
-        store_mod = _require("obstore.store")
         obstore_error = _require("obstore.exceptions").BaseError
-        retry = {"retry_timeout": timedelta(seconds=cfg.retry_timeout)}
-        client = {"allow_http": True} if cfg.allow_http else None
         try:
-            if cfg.local_path:
-                self._local_root = Path(cfg.local_path).resolve()
-                self._local_root.mkdir(parents=True, exist_ok=True)
-                _fsync(self._local_root.parent, directory=True)
-                return store_mod.LocalStore(self._local_root, mkdir=True)
-            url = urlsplit(cfg.store_url or "")
-            options: dict[str, Any] = {k: v for k, v in (("region", cfg.region),
-                                                         ("endpoint", cfg.endpoint)) if v}
-            if cfg.endpoint:
-                options["virtual_hosted_style_request"] = False
-            if credential is not None:
-                options.update(_store_credential(url.scheme or "s3", credential))
-            if cfg.s3_bucket:
-                return store_mod.S3Store(cfg.s3_bucket, config=options, client_options=client,
-                                         retry_config=retry)
-            if url.scheme == "file":
-                self._local_root = Path(url2pathname(url.path))
-                return store_mod.from_url(cfg.store_url, mkdir=True)
-            if url.scheme == "memory":
-                return store_mod.from_url(cfg.store_url)
-            return store_mod.from_url(cfg.store_url, config=options or None, client_options=client,
-                                      retry_config=retry)
+            store, self._local_root = build_store(
+                local_path=cfg.local_path, s3_bucket=cfg.s3_bucket, store_url=cfg.store_url,
+                region=cfg.region, endpoint=cfg.endpoint, allow_http=cfg.allow_http,
+                credential=credential, retry_timeout=cfg.retry_timeout)
         except OSError as exc:
             raise TransientError(f"cannot open the store: {exc}", component_id=self.id) from exc
         except (ValueError, obstore_error) as exc:
             raise PermanentError(f"cannot build the store: {exc}", component_id=self.id) from exc
+        return store
 
     async def write(self, batch: list[Message]) -> list[Failure]:
         if self._flusher is None or self._flusher.done() or self._closing:
@@ -531,6 +512,44 @@ class ObjectStoreTarget(Target[ObjectStoreTargetConfig]):
         finally:
             if not flusher.done():
                 flusher.cancel()
+
+
+def build_store(*, local_path: str | None = None, s3_bucket: str | None = None,
+                store_url: str | None = None, region: str | None = None,
+                endpoint: str | None = None, allow_http: bool = False,
+                credential: Credential | None = None,
+                retry_timeout: float = 30.0) -> tuple[Any, Path | None]:
+    """An obstore store for exactly one of ``local_path``, ``s3_bucket``, ``store_url``.
+
+    Returns ``(store, local_root)``; ``local_root`` is the directory for a local
+    store (created if missing), else None. ``endpoint`` implies path-style S3
+    requests (MinIO). Shared by the ``s3`` target and the model store
+    (:mod:`unsflow.ml.store`). Raises OSError (a directory cannot be made),
+    ValueError or obstore's errors (a store that cannot be built).
+    """
+    store_mod = _require("obstore.store")
+    retry = {"retry_timeout": timedelta(seconds=retry_timeout)}
+    client = {"allow_http": True} if allow_http else None
+    if local_path:
+        root = Path(local_path).resolve()
+        root.mkdir(parents=True, exist_ok=True)
+        _fsync(root.parent, directory=True)
+        return store_mod.LocalStore(root, mkdir=True), root
+    url = urlsplit(store_url or "")
+    options: dict[str, Any] = {k: v for k, v in (("region", region), ("endpoint", endpoint)) if v}
+    if endpoint:
+        options["virtual_hosted_style_request"] = False
+    if credential is not None:
+        options.update(_store_credential(url.scheme or "s3", credential))
+    if s3_bucket:
+        return store_mod.S3Store(s3_bucket, config=options, client_options=client,
+                                 retry_config=retry), None
+    if url.scheme == "file":
+        return store_mod.from_url(store_url, mkdir=True), Path(url2pathname(url.path))
+    if url.scheme == "memory":
+        return store_mod.from_url(store_url), None
+    return store_mod.from_url(store_url, config=options or None, client_options=client,
+                              retry_config=retry), None
 
 
 def _store_credential(scheme: str, credential: Credential) -> dict[str, str]:

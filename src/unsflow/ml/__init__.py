@@ -1,0 +1,1 @@
+"""Machine learning around the pipeline: the model store, training (``unsflow train``)."""
