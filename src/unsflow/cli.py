@@ -222,5 +222,14 @@ def simulate(config_file: str | None, host: str | None, port: int | None,
     click.echo(stats.summary())
 
 
+def _add_ml_commands() -> None:
+    from unsflow.ml.command import train_command
+
+    main.add_command(train_command)
+
+
+_add_ml_commands()
+
+
 if __name__ == "__main__":  # pragma: no cover
     main()
