@@ -35,6 +35,7 @@ BUILTINS: dict[str, dict[str, str]] = {
         "python": "unsflow.processors.python:PythonProcessor",
         "window": "unsflow.processors.window:WindowProcessor",
         "threshold": "unsflow.processors.threshold:ThresholdProcessor",
+        "model": "unsflow.processors.model:ModelProcessor",
     },
     "targets": {
         "s3": "unsflow.targets.object_store:ObjectStoreTarget",
