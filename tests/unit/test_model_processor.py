@@ -79,6 +79,9 @@ async def test_bad_input_fails_that_message_with_a_reason(trained_store: Path) -
         Message(topic="t", payload=b"{not json"),
         good,
         Message(topic="t", payload=b'{"window": [14, 15, 14, 13, 14]}'),
+        Message(topic="t", payload=b"", record={"window": [1, 2, float("nan"), 4, 5]}),
+        Message(topic="t", payload=b"", record={"window": [1, 2, 1e300, 4, True]}),
+        Message(topic="t", payload=b"", record={"window": [1, 2, 1e300, 4, 5]}),
     ]
     outputs, failures = await p.process(batch)
     await p.stop()
@@ -87,7 +90,13 @@ async def test_bad_input_fails_that_message_with_a_reason(trained_store: Path) -
     assert reasons[1] == ("input field 'window' must hold a number or a list of numbers, "
                           "found [1, 2, 'x', 4, 5]")
     assert reasons[2] == "record has no input field 'window'"
-    assert "JSON" in reasons[3] and len(failures) == 4
+    assert "JSON" in reasons[3]
+    assert reasons[4:] == [
+        "input field 'window' must hold finite numbers, found [1, 2, nan, 4, 5]",
+        "input field 'window' must hold a number or a list of numbers, found "
+        "[1, 2, 1e+300, 4, True]",
+        "input field 'window' must hold finite numbers, found [1, 2, 1e+300, 4, 5]"]
+    assert len(failures) == 7
     assert all(f.stage == "processor:anomaly" for f in failures)
     spike, calm = (o.record["inference"] for o in outputs)
     assert spike["label"] == 1 and spike["probabilities"][1] > 0.5

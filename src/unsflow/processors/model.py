@@ -36,7 +36,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import math
 from typing import TYPE_CHECKING, Any, Literal
 
 from pydantic import Field
@@ -204,16 +203,25 @@ class ModelProcessor(Processor[ModelProcessorConfig]):
         if good:
             answers = await asyncio.to_thread(self._infer, model, rows)
             for (i, record), answer in zip(good, answers, strict=True):
-                results[i] = batch[i].derive(record={**record, cfg.output_field: answer})
+                if isinstance(answer, _NotFinite):
+                    results[i] = Failure(batch[i], answer.reason(cfg.input_field, record),
+                                         self.stage)
+                else:
+                    results[i] = batch[i].derive(record={**record, cfg.output_field: answer})
         outputs = [r for r in results if isinstance(r, Message)]
         failures = [r for r in results if isinstance(r, Failure)]
         return outputs, failures
 
     def _infer(self, model: OnnxModel, rows: list[list[float]]) -> list[Any]:
+        """One answer per row; a row holding NaN or infinity gets a _NotFinite instead."""
         import numpy as np
 
         size = self.config.batch_size
-        x = np.asarray(rows, dtype=np.float32)
+        with np.errstate(over="ignore"):  # a number too large for FP32 becomes inf: refused
+            x = np.asarray(rows, dtype=np.float32)
+        finite: Any = np.isfinite(x).all(axis=1)  # one check for the batch, not one per value
+        if not finite.all():
+            x = x[finite]
         labels: list[Any] = []
         probabilities: list[Any] = []
         for start in range(0, len(x), size):
@@ -225,29 +233,56 @@ class ModelProcessor(Processor[ModelProcessorConfig]):
         self.rows += len(x)
         mode = self.config.output
         if mode == "label":
-            return labels
-        if mode == "probability":
-            return [p[-1] if p is not None else float(lab) for p, lab in
-                    zip(probabilities, labels, strict=True)]
-        return [{"label": lab, "probabilities": p, "model": model.name, "version": model.version}
-                for lab, p in zip(labels, probabilities, strict=True)]
+            answers: list[Any] = labels
+        elif mode == "probability":
+            answers = [p[-1] if p is not None else float(lab) for p, lab in
+                       zip(probabilities, labels, strict=True)]
+        else:
+            answers = [{"label": lab, "probabilities": p, "model": model.name,
+                        "version": model.version}
+                       for lab, p in zip(labels, probabilities, strict=True)]
+        if len(answers) == len(rows):
+            return answers
+        it = iter(answers)
+        return [next(it) if ok else _NOT_FINITE for ok in finite.tolist()]
 
     def describe(self) -> dict[str, Any]:
         return {**super().describe(), "model": self.config.model, "version": self.model_version,
                 "swaps": self.swaps, "rows": self.rows, "calls": self.calls}
 
 
+class _NotFinite:
+    """The answer for a row holding NaN or infinity (or a number too large for FP32)."""
+
+    @staticmethod
+    def reason(field: str, record: dict[str, Any]) -> str:
+        return (f"input field {field!r} must hold finite numbers, found "
+                f"{_short(repr(record.get(field)))}")
+
+
+_NOT_FINITE = _NotFinite()
+_NUMBER_TYPES = frozenset({int, float})
+
+
+def _short(text: str) -> str:
+    return text if len(text) <= 80 else text[:77] + "..."
+
+
 def _row(record: dict[str, Any], field: str, width: int) -> list[float]:
-    """The model input of one record; ValueError says what is wrong."""
-    if field not in record:
+    """The model input of one record; ValueError says what is wrong.
+
+    Finiteness is checked later, for the whole batch at once (``_infer``).
+    """
+    value = record.get(field, _row)
+    if type(value) is list and set(map(type, value)) <= _NUMBER_TYPES:
+        row = value  # the common case, checked at C speed
+    elif value is _row:
         raise ValueError(f"record has no input field {field!r}")
-    value = record[field]
-    row = value if isinstance(value, list) else [value]
-    for x in row:
-        if isinstance(x, bool) or not isinstance(x, (int, float)) or not math.isfinite(x):
-            text = repr(value)
-            raise ValueError(f"input field {field!r} must hold a number or a list of numbers, "
-                             f"found {text if len(text) <= 80 else text[:77] + '...'}")
+    else:
+        row = value if isinstance(value, list) else [value]
+        if any(isinstance(x, bool) or not isinstance(x, (int, float)) for x in row):
+            raise ValueError(f"input field {field!r} must hold a number or a list of "
+                             f"numbers, found {_short(repr(value))}")
     if width > 0 and len(row) != width:
         raise ValueError(f"input field {field!r} holds {len(row)} value(s); the model expects "
                          f"{width}")
