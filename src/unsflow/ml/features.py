@@ -29,6 +29,7 @@ import os
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
+from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
@@ -224,7 +225,7 @@ def load_ground_truth(paths: Iterable[str]) -> GroundTruth:
     for path in paths:
         truth.sources.append(path)
         try:
-            text = open(path, encoding="utf-8").read()  # noqa: SIM115
+            text = Path(path).read_text(encoding="utf-8")
         except OSError as exc:
             raise TrainingDataError(f"ground truth {path}: {exc}") from exc
         first = text.lstrip()[:1]

@@ -27,7 +27,6 @@ from unsflow.errors import MissingDependency
 from unsflow.ml.evaluate import scores
 from unsflow.ml.features import (
     LakeSpec,
-    Readings,
     TrainingDataError,
     Windows,
     load_ground_truth,
@@ -35,7 +34,7 @@ from unsflow.ml.features import (
     split_by_time,
     windows_of,
 )
-from unsflow.ml.store import ModelStore, OnnxModel, default_metadata
+from unsflow.ml.store import ModelArtifact, ModelStore, OnnxModel, default_metadata
 
 __all__ = ["BASELINE", "CANDIDATES", "TrainOptions", "TrainResult", "train"]
 
@@ -170,8 +169,6 @@ def train(opts: TrainOptions) -> TrainResult:
     clf = _fit(kind, train_w)
     baseline = _fit(BASELINE, train_w)
     onnx_bytes = to_onnx(clf, opts.window)
-    from unsflow.ml.store import ModelArtifact
-
     runtime = OnnxModel.from_artifact(ModelArtifact(
         opts.name, 0, onnx_bytes, default_metadata(opts.window), None, "candidate"))
     onnx_labels = runtime.predict(test_w.x)["label"]
@@ -216,6 +213,3 @@ def _iso(ms: int) -> str:
     return datetime.fromtimestamp(ms / 1000, UTC).isoformat(timespec="milliseconds") \
         .replace("+00:00", "Z")
 
-
-def readings_summary(readings: Sequence[Readings]) -> str:
-    return ", ".join(f"{'/'.join(r.key)}: {len(r.times)}" for r in readings)
