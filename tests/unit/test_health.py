@@ -72,7 +72,8 @@ async def test_endpoints_report_what_flowed(tmp_path):
         assert await asyncio.to_thread(http, port, "/healthz") == (200, "text/plain", "ok\n")
         status, ctype, body = await asyncio.to_thread(http, port, "/readyz")
         assert (status, ctype) == (200, "application/json")
-        assert json.loads(body) == {"ready": True, "reason": None, "sources": {"mem": True}}
+        assert json.loads(body) == {"ready": True, "reason": None, "sources": {"mem": True},
+                                    "spools_full": {}}
         assert (await asyncio.to_thread(http, port, "/nope"))[0] == 404
         assert (await asyncio.to_thread(http, port, "/metrics", "POST"))[0] == 405
 

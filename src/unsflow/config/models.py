@@ -29,6 +29,7 @@ __all__ = [
     "SourceConfig",
     "DeadLetterConfig",
     "HttpConfig",
+    "SpoolConfig",
     "PipelineConfig",
     "pipeline_model",
 ]
@@ -155,6 +156,10 @@ class TargetConfig(ComponentConfig):
     processors: list[str] = Field(
         default_factory=list, description="Processors applied in order before the target."
     )
+    spool: bool = Field(
+        True, description="While the target is down, keep its batches in the on-disk spool "
+        "(see the top-level spool section) and acknowledge them; false: hold the "
+        "acknowledgements and retry instead.")
 
 
 class SubscriptionConfig(Model):
@@ -181,6 +186,23 @@ class DeadLetterConfig(Model):
         description="Name of a target in `targets` (file, mqtt, kafka, s3) that receives each "
         "dead-letter entry as a JSON record instead of the file; retried while it is down.",
     )
+
+
+class SpoolConfig(Model):
+    """The store-and-forward spool: batches for a target that is down wait here, on disk."""
+
+    path: str = Field(
+        "./unsflow-spool",
+        description="Directory of the spool, one subdirectory per target. In Kubernetes, a "
+        "persistent volume of the pod's own (a replica needs its own directory).")
+    max_bytes: int = Field(
+        1024 * 1024 * 1024, ge=1,
+        description="Most bytes spooled per target; when reached, acknowledgements are held "
+        "(backpressure) and /readyz is not ready until the spool drains.")
+    max_age: float | None = Field(
+        7 * 24 * 3600.0, gt=0,
+        description="Seconds a batch may wait in the spool; an older one goes to the dead "
+        "letter (with that reason). null: no age limit.")
 
 
 class HttpConfig(Model):
@@ -212,6 +234,9 @@ class PipelineConfig(Model):
         default_factory=DeadLetterConfig, description="Where failures that retry cannot fix go.")
     http: HttpConfig = Field(
         default_factory=HttpConfig, description="Health, readiness and metrics endpoints.")
+    spool: SpoolConfig = Field(
+        default_factory=SpoolConfig,
+        description="On-disk store-and-forward for targets that are down.")
     batch_size: int = Field(
         2000, ge=1, le=100000, description="Most messages a source hands on in one batch."
     )

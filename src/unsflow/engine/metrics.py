@@ -75,6 +75,21 @@ METRICS: list[MetricSpec] = [
     # Retried attempts (transient errors: target down, timeout) on the target's path.
     MetricSpec("unsflow_target_retries_total", "counter", ("target",),
                "Retried attempts on the target's path."),
+    # Bytes of the target's spool files on disk (batches waiting for the target).
+    MetricSpec("unsflow_spool_bytes", "gauge", ("target",),
+               "Bytes in the target's spool (batches waiting while the target is down)."),
+    # Spool files (one per spooled batch) waiting to be drained.
+    MetricSpec("unsflow_spool_batches", "gauge", ("target",),
+               "Batches in the target's spool."),
+    # Messages written to the spool (since the process started).
+    MetricSpec("unsflow_spool_messages_spooled_total", "counter", ("target",),
+               "Messages written to the target's spool."),
+    # Messages drained from the spool into the target (since the process started).
+    MetricSpec("unsflow_spool_messages_drained_total", "counter", ("target",),
+               "Messages the target took from its spool."),
+    # 1 while the spool refuses batches (max-bytes reached or the disk full): backpressure.
+    MetricSpec("unsflow_spool_full", "gauge", ("target",),
+               "1 while the target's spool is full (acknowledgements held), else 0."),
     # Messages a processor was given.
     MetricSpec("unsflow_processor_received_total", "counter", ("processor",),
                "Messages given to the processor."),
@@ -100,9 +115,9 @@ METRICS: list[MetricSpec] = [
     # When the last batch with a message matching this subscription filter arrived.
     MetricSpec("unsflow_last_message_timestamp_seconds", "gauge", ("subscription",),
                "Unix time of the last message matching the subscription filter."),
-    # 1 when every source is ready (what /readyz answers 200 for).
+    # 1 when every source is ready and no spool is full (what /readyz answers 200 for).
     MetricSpec("unsflow_ready", "gauge", (),
-               "1 when every source is connected and subscribed."),
+               "1 when every source is connected and subscribed and no spool is full."),
 ]
 
 # Upper bounds (seconds) of the batch latency histogram; +Inf is implied.
@@ -187,6 +202,14 @@ class PipelineCollector:
             add("unsflow_target_accepted_total", [name], s.accepted)
             add("unsflow_target_dead_lettered_total", [name], s.dead_lettered)
             add("unsflow_target_retries_total", [name], s.retries)
+            spool = path.spool
+            if spool is not None:
+                add("unsflow_spool_bytes", [name], spool.bytes)
+                add("unsflow_spool_batches", [name], len(spool.entries))
+                add("unsflow_spool_messages_spooled_total", [name], spool.spooled_total)
+                add("unsflow_spool_messages_drained_total", [name], spool.drained_total)
+                add("unsflow_spool_full", [name], 1 if spool.full else 0)
+                all_ready = all_ready and not spool.full
             # A processor shared by several targets is summed over their paths.
             for stage, st in s.stages.items():
                 latency.setdefault(stage, LatencyBuckets()).merge(st.latency)

@@ -6,6 +6,14 @@ may succeed later is retried with capped, jittered backoff, holding the
 batch's acknowledgement meanwhile (backpressure), until it succeeds or the
 pipeline stops (then the source does not acknowledge it and the broker
 redelivers it after a restart).
+
+With a spool (:mod:`unsflow.engine.spool`), a target write that fails in a way
+a retry may fix sends the processed batch to the spool instead, and the batch
+counts as accepted; while the spool holds anything, new batches go there too,
+so the target sees them in order. A drainer task writes spooled batches to the
+target, oldest first, with the same backoff. A full spool is waited for
+(acknowledgements held), never skipped. Processor failures are retried as
+before: the spool sits between the last processor and the target.
 """
 
 from __future__ import annotations
@@ -13,13 +21,14 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass, field
 from typing import TypeVar
 
 from unsflow.engine.backoff import Backoff
 from unsflow.engine.deadletter import DeadLetter
 from unsflow.engine.metrics import LatencyBuckets
+from unsflow.engine.spool import Spool, SpoolEntry, SpoolFull
 from unsflow.errors import ComponentError, PermanentError, TransientError
 from unsflow.message import Failure, Message
 from unsflow.processors.base import Processor
@@ -36,6 +45,26 @@ T = TypeVar("T")
 MAX_UNEXPECTED_ATTEMPTS = 5
 # Seconds between two retry warnings of one stage.
 RETRY_LOG_INTERVAL = 5.0
+# Most messages the spool drainer hands the target in one write (whole files; at least one).
+DRAIN_MESSAGES = 10000
+# Longest wait (s) before a batch that found the spool full tries again.
+SPOOL_FULL_RECHECK = 2.0
+
+
+class _Retry(Exception):
+    """An attempt failed in a way a retry may fix (the cause is chained)."""
+
+
+def _front(entries: Iterable[SpoolEntry], limit: int) -> list[SpoolEntry]:
+    """The oldest entries holding up to ``limit`` messages (at least one entry)."""
+    out: list[SpoolEntry] = []
+    count = 0
+    for entry in entries:
+        if out and count + entry.count > limit:
+            break
+        out.append(entry)
+        count += entry.count
+    return out
 
 
 @dataclass
@@ -65,10 +94,15 @@ class TargetPath:
     """Processors then target, for one target name."""
 
     def __init__(self, target: Target, processors: list[Processor], dead_letter: DeadLetter,
-                 *, backoff_initial: float = 0.2, backoff_max: float = 30.0) -> None:
+                 *, backoff_initial: float = 0.2, backoff_max: float = 30.0,
+                 spool: Spool | None = None) -> None:
         self.target = target
         self.processors = processors
         self.dead_letter = dead_letter
+        self.spool = spool
+        self._drainer: asyncio.Task[None] | None = None
+        self._drain_stop = asyncio.Event()
+        self._drain_writing = False
         self.backoff_initial = backoff_initial
         self.backoff_max = backoff_max
         self.stats = PathStats()
@@ -79,7 +113,8 @@ class TargetPath:
         return self.target.id
 
     async def handle(self, batch: list[Message]) -> None:
-        """Return when every message of ``batch`` is durably accepted or dead-lettered."""
+        """Return when every message of ``batch`` is durably accepted (by the target or the
+        spool) or dead-lettered."""
         started = time.monotonic()
         self.stats.received += len(batch)
         for proc in self.processors:
@@ -89,7 +124,10 @@ class TargetPath:
             batch = outputs
             if not batch:
                 return
-        written = await self._attempt(self.target.stage, batch, self._write)
+        if self.spool is None:
+            written = await self._attempt(self.target.stage, batch, self._write)
+        else:
+            written = await self._write_or_spool(batch)
         if written is not None:
             self.stats.accepted += len(written)
         self.stats.last_batch_seconds = time.monotonic() - started
@@ -101,51 +139,193 @@ class TargetPath:
         failed = {id(f.message) for f in failures}
         return [m for m in batch if id(m) not in failed], failures
 
+    def _stage(self, stage: str) -> StageStats:
+        st = self.stats.stages.get(stage)
+        if st is None:
+            st = self.stats.stages[stage] = StageStats()
+        return st
+
     async def _attempt(
         self, stage: str, batch: list[Message],
         call: Callable[[list[Message]], Awaitable[tuple[list[Message], list[Failure]]]],
     ) -> list[Message] | None:
         """Run ``call`` until it succeeds; dead-letter failures. None: all dead-lettered."""
         backoff = Backoff(self.backoff_initial, self.backoff_max)
-        unexpected = 0
-        st = self.stats.stages.get(stage)
-        if st is None:
-            st = self.stats.stages[stage] = StageStats()
+        unexpected = [0]
+        st = self._stage(stage)
         st.received += len(batch)
         started = time.monotonic()
         while True:
-            for m in batch:
-                m.attempts += 1
             try:
-                outputs, failures = await call(batch)
-            except PermanentError as exc:
-                await self._dead_letter([Failure(m, str(exc), stage) for m in batch], st)
+                return await self._once(stage, batch, call, st, unexpected, started)
+            except _Retry:
+                await asyncio.sleep(backoff.next())
+
+    async def _once(
+        self, stage: str, batch: list[Message],
+        call: Callable[[list[Message]], Awaitable[tuple[list[Message], list[Failure]]]],
+        st: StageStats, unexpected: list[int], started: float,
+    ) -> list[Message] | None:
+        """One attempt: outputs, or None when all were dead-lettered. Raises _Retry."""
+        for m in batch:
+            m.attempts += 1
+        try:
+            outputs, failures = await call(batch)
+        except PermanentError as exc:
+            await self._dead_letter([Failure(m, str(exc), stage) for m in batch], st)
+            return None
+        except (TransientError, ComponentError) as exc:
+            st.retries += 1
+            self._note_retry(stage, exc)
+            raise _Retry() from exc
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:  # a component bug or an unmapped library error
+            unexpected[0] += 1
+            if unexpected[0] >= MAX_UNEXPECTED_ATTEMPTS:
+                log.exception("[%s] unexpected error, dead-lettering the batch", stage)
+                reason = f"unexpected {type(exc).__name__}: {exc}"
+                await self._dead_letter([Failure(m, reason, stage) for m in batch], st)
                 return None
-            except (TransientError, ComponentError) as exc:
-                st.retries += 1
-                self._note_retry(stage, exc, backoff)
-                await asyncio.sleep(backoff.next())
-                continue
-            except asyncio.CancelledError:
-                raise
-            except Exception as exc:  # a component bug or an unmapped library error
-                unexpected += 1
-                if unexpected >= MAX_UNEXPECTED_ATTEMPTS:
-                    log.exception("[%s] unexpected error, dead-lettering the batch", stage)
-                    reason = f"unexpected {type(exc).__name__}: {exc}"
-                    await self._dead_letter([Failure(m, reason, stage) for m in batch], st)
-                    return None
-                st.retries += 1
-                self._note_retry(stage, exc, backoff)
-                await asyncio.sleep(backoff.next())
+            st.retries += 1
+            self._note_retry(stage, exc)
+            raise _Retry() from exc
+        if failures:
+            await self._dead_letter(failures, st)
+        st.emitted += len(outputs)
+        st.latency.observe(time.monotonic() - started)
+        return outputs
+
+    # --- store and forward ---------------------------------------------------
+
+    async def _write_or_spool(self, batch: list[Message]) -> list[Message] | None:
+        """To the target while the spool is empty; to the spool when the target fails or
+        the spool holds batches (their order kept). Spooled messages return as [] (the
+        drainer counts them accepted when the target takes them). A full spool is waited
+        for (backpressure), never dropped."""
+        spool = self.spool
+        assert spool is not None
+        stage = self.target.stage
+        st = self._stage(stage)
+        st.received += len(batch)
+        started = time.monotonic()
+        backoff = Backoff(self.backoff_initial, min(self.backoff_max, SPOOL_FULL_RECHECK))
+        unexpected = [0]
+        while True:
+            if spool.empty:
+                try:
+                    return await self._once(stage, batch, self._write, st, unexpected, started)
+                except _Retry:
+                    pass  # the target failed: spool the batch
+            try:
+                failures = await spool.append(batch)
+            except SpoolFull:
+                # Drained batches free space; a disk freed by someone else shows on a recheck.
+                await spool.wait_changed(backoff.next())
                 continue
             if failures:
                 await self._dead_letter(failures, st)
-            st.emitted += len(outputs)
-            st.latency.observe(time.monotonic() - started)
-            return outputs
+            return []
 
-    def _note_retry(self, stage: str, exc: BaseException, backoff: Backoff) -> None:
+    async def start_spool(self) -> None:
+        """Open the spool (indexing what a previous run left) and start its drainer."""
+        if self.spool is None or self._drainer is not None:
+            return
+        await asyncio.to_thread(self.spool.open)
+        self._drain_stop = asyncio.Event()
+        self._drainer = asyncio.create_task(self.drain_spool(), name=f"spool:{self.id}:drainer")
+
+    async def stop_spool(self, timeout: float) -> None:
+        """Stop the drainer: a write in progress gets ``timeout`` seconds, then is cancelled
+        (its batch stays spooled and is drained by the next run)."""
+        task, self._drainer = self._drainer, None
+        if task is None:
+            return
+        self._drain_stop.set()
+        if not self._drain_writing:
+            task.cancel()
+        done, _ = await asyncio.wait({task}, timeout=timeout)
+        if not done:
+            task.cancel()
+        await asyncio.gather(task, return_exceptions=True)
+        if self.spool is not None:
+            self.spool.close()
+
+    async def drain_spool(self) -> None:
+        """Write spooled batches to the target, oldest first, until stopped.
+
+        Several spool files go in one write (up to ``DRAIN_MESSAGES`` messages); a
+        file is deleted only after the target took it (or its messages were
+        dead-lettered), so a crash in between writes them again (at least once).
+        """
+        spool = self.spool
+        assert spool is not None
+        stage = self.target.stage
+        st = self._stage(stage)
+        backoff = Backoff(self.backoff_initial, self.backoff_max)
+        unexpected = [0]
+        group: list[SpoolEntry] = []
+        messages: list[Message] = []
+        reported: set[int] = set()  # entries whose corrupt lines went to the dead letter
+        while not self._drain_stop.is_set():
+            if spool.empty:
+                await spool.wait_changed()
+                continue
+            expired = spool.expired()
+            if expired:
+                group, messages = [], []
+                await self._expire(expired, reported)
+                continue
+            if not group:
+                group = _front(spool.entries, DRAIN_MESSAGES)
+                messages, corrupt = await spool.read(group)
+                await self._report_corrupt(corrupt, reported)
+            if messages:
+                st.received += len(messages)
+                self._drain_writing = True
+                try:
+                    written = await self._once(stage, messages, self._write, st, unexpected,
+                                               time.monotonic())
+                except _Retry:
+                    await asyncio.sleep(backoff.next())
+                    continue
+                finally:
+                    self._drain_writing = False
+                if written:
+                    self.stats.accepted += len(written)
+            backoff.reset()
+            unexpected[0] = 0
+            await spool.remove(group, drained=len(messages))
+            reported.difference_update(e.seq for e in group)
+            group, messages = [], []
+
+    async def _report_corrupt(self, corrupt: dict[int, list[Failure]],
+                              reported: set[int]) -> None:
+        """Dead-letter the unreadable lines of spool files, once per file."""
+        failures = [f for seq, fs in corrupt.items() if seq not in reported for f in fs]
+        reported.update(corrupt)
+        if failures:
+            log.error("[spool:%s] %d unreadable line(s) in spool file(s); sent to the dead "
+                      "letter as raw lines", self.id, len(failures))
+            await self._dead_letter(failures, self._stage(f"spool:{self.id}"))
+
+    async def _expire(self, entries: list[SpoolEntry], reported: set[int]) -> None:
+        """Dead-letter spooled batches older than max-age, saying so."""
+        spool = self.spool
+        assert spool is not None
+        messages, corrupt = await spool.read(entries)
+        await self._report_corrupt(corrupt, reported)
+        oldest = min(e.created for e in entries)
+        when = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(oldest))
+        reason = (f"spooled {time.time() - oldest:.0f}s ago (at {when}), older than spool "
+                  f"max-age {spool.max_age:g}s: target {self.id!r} did not take it in time")
+        stage = f"spool:{self.id}"
+        log.error("[%s] %d message(s) %s; sent to the dead letter", stage, len(messages), reason)
+        await self._dead_letter([Failure(m, reason, stage) for m in messages], self._stage(stage))
+        await spool.remove(entries)
+        reported.difference_update(e.seq for e in entries)
+
+    def _note_retry(self, stage: str, exc: BaseException) -> None:
         self.stats.retries += 1
         key = type(exc).__name__
         self.stats.errors[key] = self.stats.errors.get(key, 0) + 1

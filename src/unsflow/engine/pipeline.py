@@ -29,12 +29,13 @@ from unsflow.config.models import PipelineConfig
 from unsflow.engine.deadletter import DeadLetter
 from unsflow.engine.health import HealthServer
 from unsflow.engine.path import TargetPath
+from unsflow.engine.spool import Spool
 from unsflow.engine.topics import TopicMatcher
 from unsflow.message import Message
 from unsflow.processors.base import Processor
 from unsflow.sources.base import Source
 
-__all__ = ["Pipeline", "build_source"]
+__all__ = ["Pipeline", "build_source", "build_spool"]
 
 log = logging.getLogger("unsflow.engine")
 
@@ -46,6 +47,14 @@ def build_source(config: PipelineConfig, context: Context) -> Source:
     subs = {flt: sub.qos for flt, sub in config.subscriptions.items()}
     return MqttSource("uns", config.mqtt_broker, config.mqtt_broker_credential, subs, context,
                       batch_size=config.batch_size)
+
+
+def build_spool(config: PipelineConfig, target: str) -> Spool | None:
+    """The spool of ``target``, or None when the target opts out (``spool: false``)."""
+    if not config.targets[target].spool:
+        return None
+    cfg = config.spool
+    return Spool(cfg.path, target, max_bytes=cfg.max_bytes, max_age=cfg.max_age)
 
 
 class Pipeline:
@@ -71,7 +80,8 @@ class Pipeline:
         for name, tcfg in config.targets.items():
             cls = registry.load("targets", tcfg.type)
             chain = [self.processors[p] for p in tcfg.processors]
-            self.paths[name] = TargetPath(cls(name, tcfg, self.context), chain, self.dead_letter)
+            self.paths[name] = TargetPath(cls(name, tcfg, self.context), chain, self.dead_letter,
+                                          spool=build_spool(config, name))
         if config.dead_letter.target is not None:
             self.dead_letter.target = self.paths[config.dead_letter.target].target
         self.matcher = TopicMatcher(
@@ -92,6 +102,7 @@ class Pipeline:
             await proc.start()
         for path in self.paths.values():
             await path.target.start()
+            await path.start_spool()
         for source, _ in self.sources:
             await source.start()
         self.started_at = time.time()
@@ -209,6 +220,8 @@ class Pipeline:
                      deadline, len(pending))
             # Targets that batch by age complete their writers on their own timer.
             _, pending = await asyncio.wait(pending, timeout=deadline * 0.8)
+        # Spool drainers first: a target's stop() ends with the write it flushes.
+        await asyncio.gather(*(p.stop_spool(deadline * 0.1) for p in self.paths.values()))
         # stop() flushes what targets still buffer, completing writers that wait on it.
         stops = asyncio.gather(*(self._stop_target(p) for p in self.paths.values()))
         if pending:

@@ -1,0 +1,399 @@
+"""Spool: the on-disk store-and-forward queue of one target.
+
+When a target cannot take a batch (it is down), the batch of processed
+messages is written here and counts as accepted, so the source acknowledges
+it; a drainer (:meth:`unsflow.engine.path.TargetPath.drain_spool`) writes the
+spooled batches to the target, oldest first, once it is back.
+
+Contract:
+
+- ``append(batch)`` returns only when the batch is durable: written to a
+  temporary file, fsynced, renamed to ``<seq>-<created ms>.batch`` and the
+  directory fsynced. Files are drained in ``seq`` order, which is the order
+  of the appends (appends are serialised).
+- Bounded: an append that would take the spool past ``max-bytes``, or that
+  the disk refuses (ENOSPC, any other ``OSError``), raises :class:`SpoolFull`
+  and writes nothing; ``full`` then holds the reason until an append
+  succeeds or the spool is empty. Never a silent drop: the caller waits.
+- Crash-safe: a restart with the same directory finds every renamed file
+  (a new :class:`Spool` indexes them at ``open``) and removes leftover
+  temporary files, which were never acknowledged.
+- One process per directory: ``open`` (or the first append) takes an
+  exclusive ``flock`` on ``.lock``, so two replicas never share one spool.
+- A corrupt file (bad header, an unparseable line) never stops the pipeline:
+  :meth:`read` returns each unreadable line as a :class:`~unsflow.message.Failure`
+  holding the raw line, bound for the dead letter, and the good lines as messages.
+
+File format (JSON lines, orjson): a header
+``{"v": 1, "target": ID, "count": N, "created": EPOCH}``, then one line per
+message: topic ``t``, payload ``p`` (text when valid UTF-8) or ``pb``
+(base64), ``q`` qos, ``rt`` retain, ``ts`` received_at, ``s`` source_id, ``a``
+attempts, ``r`` record (absent when not decoded), ``pr`` properties, ``h``
+headers. Bytes inside record, properties or headers are kept as
+``{"$b": base64}`` and restored. Not preserved: tuples come back as lists,
+datetimes as ISO text, numpy values as numbers or lists, non-text dict keys
+as text. A message whose record orjson cannot encode at all is not spooled;
+:meth:`append` returns it as a failure for the dead letter.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import errno
+import fcntl
+import logging
+import os
+import re
+import time
+from collections import deque
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+from urllib.parse import quote
+
+import orjson
+
+from unsflow.errors import UnsflowError
+from unsflow.message import NOT_DECODED, Failure, Message
+
+__all__ = ["Spool", "SpoolEntry", "SpoolFull", "SpoolInUse", "encode_message", "decode_message"]
+
+log = logging.getLogger("unsflow.spool")
+
+FORMAT_VERSION = 1
+_NAME = re.compile(r"^(\d{12})-(\d+)\.batch$")
+_OPTIONS = orjson.OPT_SERIALIZE_NUMPY | orjson.OPT_NON_STR_KEYS
+_BYTES_TAG = b'"$b"'
+
+
+class SpoolFull(UnsflowError):
+    """The spool cannot take this batch now (``max-bytes`` reached, or the disk refused)."""
+
+
+class SpoolInUse(UnsflowError):
+    """Another process holds the spool directory."""
+
+
+@dataclass(frozen=True)
+class SpoolEntry:
+    """One spooled batch file."""
+
+    seq: int
+    created: float
+    size: int
+    count: int
+    path: Path
+
+
+def _default(value: Any) -> Any:
+    if isinstance(value, (bytes, bytearray, memoryview)):
+        return {"$b": base64.b64encode(bytes(value)).decode("ascii")}
+    if isinstance(value, (set, frozenset)):
+        return list(value)
+    raise TypeError(f"cannot spool a value of type {type(value).__name__}")
+
+
+def _restore(value: Any) -> Any:
+    """``{"$b": ...}`` back to bytes, anywhere inside ``value``."""
+    if isinstance(value, dict):
+        if len(value) == 1 and "$b" in value and isinstance(value["$b"], str):
+            return base64.b64decode(value["$b"])
+        return {k: _restore(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_restore(v) for v in value]
+    return value
+
+
+def encode_message(msg: Message) -> bytes:
+    """One spool line (without the newline). Raises TypeError when it cannot be encoded."""
+    entry: dict[str, Any] = {"t": msg.topic, "q": msg.qos, "ts": msg.received_at,
+                             "s": msg.source_id, "a": msg.attempts}
+    if msg.retain:
+        entry["rt"] = True
+    try:
+        entry["p"] = msg.payload.decode("utf-8")
+    except UnicodeDecodeError:
+        entry["pb"] = base64.b64encode(msg.payload).decode("ascii")
+    if msg.record is not NOT_DECODED:
+        entry["r"] = msg.record
+    if msg.properties:
+        entry["pr"] = msg.properties
+    if msg.headers:
+        entry["h"] = msg.headers
+    try:
+        return orjson.dumps(entry, default=_default, option=_OPTIONS)
+    except orjson.JSONEncodeError as exc:
+        raise TypeError(str(exc)) from None
+
+
+def decode_message(line: bytes) -> Message:
+    """The message of one spool line. Raises ValueError when the line is not one."""
+    entry = orjson.loads(line)
+    if not isinstance(entry, dict) or not isinstance(entry.get("t"), str):
+        raise ValueError("not a spooled message (no topic)")
+    if _BYTES_TAG in line:
+        entry = _restore(entry)
+    if "p" in entry:
+        payload = entry["p"].encode("utf-8")
+    else:
+        payload = base64.b64decode(entry["pb"], validate=True)
+    return Message(topic=entry["t"], payload=payload, qos=int(entry.get("q", 0)),
+                   retain=bool(entry.get("rt", False)), received_at=float(entry.get("ts", 0.0)),
+                   properties=entry.get("pr"), record=entry.get("r", NOT_DECODED),
+                   source_id=entry.get("s", ""), attempts=int(entry.get("a", 0)),
+                   headers=entry.get("h"))
+
+
+def _fsync_dir(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+class Spool:
+    """The spool directory of one target (module docstring: contract)."""
+
+    def __init__(self, root: str | os.PathLike[str], target_id: str, *, max_bytes: int,
+                 max_age: float | None) -> None:
+        self.target_id = target_id
+        self.directory = Path(root) / quote(target_id, safe="")
+        self.max_bytes = max_bytes
+        self.max_age = max_age
+        self.entries: deque[SpoolEntry] = deque()
+        self.bytes = 0
+        self.messages = 0
+        self.spooled_total = 0   # messages appended, ever (this process)
+        self.drained_total = 0   # messages removed after the target took them
+        self.full: str | None = None  # why the last append was refused; None when not full
+        self._next_seq = 1
+        self._lock_fd: int | None = None
+        self._append_lock = asyncio.Lock()
+        self._changed = asyncio.Event()
+
+    @property
+    def empty(self) -> bool:
+        return not self.entries
+
+    # --- opening -------------------------------------------------------------
+
+    def open(self) -> None:
+        """Index an existing spool (a restart), removing leftover temporary files.
+
+        Nothing is created when the directory does not exist: a target that
+        never spools leaves no trace. Raises :class:`SpoolInUse`.
+        """
+        if not self.directory.is_dir():
+            return
+        self._lock()
+        found: list[SpoolEntry] = []
+        for path in self.directory.iterdir():
+            name = path.name
+            if name.endswith(".tmp"):
+                log.warning("[spool:%s] removing %s, a batch never acknowledged (interrupted "
+                            "write)", self.target_id, path)
+                path.unlink(missing_ok=True)
+                continue
+            match = _NAME.match(name)
+            if match is None:
+                if name != ".lock":
+                    log.warning("[spool:%s] ignoring %s: not a spool file", self.target_id, path)
+                continue
+            count = self._header_count(path)
+            found.append(SpoolEntry(int(match[1]), int(match[2]) / 1000, path.stat().st_size,
+                                    count, path))
+        found.sort(key=lambda e: e.seq)
+        self.entries.extend(found)
+        self.bytes = sum(e.size for e in found)
+        self.messages = sum(e.count for e in found)
+        if found:
+            self._next_seq = found[-1].seq + 1
+            log.info("[spool:%s] %d spooled batch(es), %d message(s), %d bytes to drain from %s",
+                     self.target_id, len(found), self.messages, self.bytes, self.directory)
+
+    def _header_count(self, path: Path) -> int:
+        try:
+            with path.open("rb") as f:
+                header = orjson.loads(f.readline())
+            return int(header["count"])
+        except (OSError, ValueError, KeyError, TypeError):
+            return 0  # read() reports it as corrupt
+
+    def _lock(self) -> None:
+        if self._lock_fd is not None:
+            return
+        self.directory.mkdir(parents=True, exist_ok=True)
+        fd = os.open(self.directory / ".lock", os.O_RDWR | os.O_CREAT, 0o640)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            os.close(fd)
+            raise SpoolInUse(f"spool directory {self.directory} is in use by another process; "
+                             "give each replica its own spool.path (its own volume)") from None
+        self._lock_fd = fd
+
+    def close(self) -> None:
+        if self._lock_fd is not None:
+            os.close(self._lock_fd)
+            self._lock_fd = None
+
+    # --- writing -------------------------------------------------------------
+
+    async def append(self, batch: list[Message]) -> list[Failure]:
+        """Durably spool ``batch``; returns the messages that cannot be encoded (not spooled).
+
+        Raises :class:`SpoolFull` (nothing written) when over ``max-bytes`` or the disk refuses.
+        """
+        lines: list[bytes] = []
+        failures: list[Failure] = []
+        for msg in batch:
+            try:
+                lines.append(encode_message(msg))
+            except TypeError as exc:
+                failures.append(Failure(msg, f"cannot be spooled: {exc}", f"spool:{self.target_id}"))
+        if not lines:
+            return failures
+        async with self._append_lock:
+            created = time.time()
+            header = orjson.dumps({"v": FORMAT_VERSION, "target": self.target_id,
+                                   "count": len(lines), "created": created})
+            data = b"\n".join([header, *lines]) + b"\n"
+            if self.bytes + len(data) > self.max_bytes:
+                self._refuse(f"max-bytes {self.max_bytes} reached ({self.bytes} bytes spooled, "
+                             f"batch of {len(data)} bytes)")
+            seq = self._next_seq
+            name = f"{seq:012d}-{int(created * 1000)}.batch"
+            try:
+                await asyncio.to_thread(self._write_file, name, data)
+            except OSError as exc:
+                what = "disk full" if exc.errno in (errno.ENOSPC, errno.EDQUOT) else "write failed"
+                self._refuse(f"{what}: {exc}")
+            self._next_seq = seq + 1
+            self.entries.append(SpoolEntry(seq, created, len(data), len(lines),
+                                           self.directory / name))
+            self.bytes += len(data)
+            self.messages += len(lines)
+            self.spooled_total += len(lines)
+            if self.full is not None:
+                log.info("[spool:%s] taking batches again", self.target_id)
+            self.full = None
+            self._changed.set()
+        return failures
+
+    def _refuse(self, reason: str) -> None:
+        if self.full is None:
+            log.error("[spool:%s] full: %s; holding acknowledgements (backpressure) until "
+                      "there is space", self.target_id, reason)
+        self.full = reason
+        raise SpoolFull(f"spool of target {self.target_id!r} full: {reason}")
+
+    def _write_file(self, name: str, data: bytes) -> None:
+        self._lock()
+        final = self.directory / name
+        tmp = self.directory / f".{name}.tmp"
+        try:
+            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o640)
+            try:
+                view = memoryview(data)
+                while view:
+                    view = view[os.write(fd, view):]
+                os.fsync(fd)
+            finally:
+                os.close(fd)
+            os.rename(tmp, final)
+            _fsync_dir(self.directory)
+        except BaseException:
+            tmp.unlink(missing_ok=True)
+            raise
+
+    # --- draining ------------------------------------------------------------
+
+    def expired(self, now: float | None = None) -> list[SpoolEntry]:
+        """The oldest entries spooled more than ``max-age`` seconds ago."""
+        if self.max_age is None:
+            return []
+        limit = (time.time() if now is None else now) - self.max_age
+        out = []
+        for entry in self.entries:
+            if entry.created >= limit:
+                break
+            out.append(entry)
+        return out
+
+    async def read(self, entries: list[SpoolEntry]
+                   ) -> tuple[list[Message], dict[int, list[Failure]]]:
+        """The messages of ``entries`` in order, and by entry ``seq`` each unreadable line
+        as a failure (bound for the dead letter, the raw line as its payload)."""
+        return await asyncio.to_thread(self._read_files, entries)
+
+    def _read_files(self, entries: list[SpoolEntry]
+                    ) -> tuple[list[Message], dict[int, list[Failure]]]:
+        messages: list[Message] = []
+        corrupt: dict[int, list[Failure]] = {}
+        stage = f"spool:{self.target_id}"
+        for entry in entries:
+            failures = corrupt.setdefault(entry.seq, [])
+            try:
+                data = entry.path.read_bytes()
+            except FileNotFoundError:
+                log.error("[spool:%s] %s vanished before it was drained", self.target_id,
+                          entry.path)
+                continue
+            lines = data.split(b"\n")
+            if lines and lines[-1] == b"":
+                lines.pop()
+            if not lines:
+                failures.append(Failure(Message(topic="", payload=b"", source_id=stage),
+                                        f"corrupt spool file {entry.path.name}: empty", stage))
+                continue
+            count = -1
+            try:
+                header = orjson.loads(lines[0]) if lines else None
+                count = int(header["count"])  # type: ignore[index]
+                body, first = lines[1:], 2
+            except (ValueError, KeyError, TypeError):
+                body, first = lines, 1  # no usable header: try every line
+            for n, line in enumerate(body, first):
+                try:
+                    messages.append(decode_message(line))
+                except (ValueError, KeyError, TypeError) as exc:
+                    raw = Message(topic="", payload=line, source_id=stage)
+                    failures.append(Failure(raw, f"corrupt spool file {entry.path.name} line "
+                                                 f"{n}: {exc}; payload is the raw line",
+                                            stage))
+            if count >= 0 and count != len(body):
+                failures.append(Failure(
+                    Message(topic="", payload=lines[0] if lines else b"", source_id=stage),
+                    f"corrupt spool file {entry.path.name}: header says {count} message(s), "
+                    f"file holds {len(body)} line(s); payload is the header line", stage))
+            if not failures:
+                del corrupt[entry.seq]
+        return messages, corrupt
+
+    async def remove(self, entries: list[SpoolEntry], drained: int = 0) -> None:
+        """Forget ``entries`` (the target or the dead letter took them): delete their files."""
+        await asyncio.to_thread(self._unlink, entries)
+        gone = {e.seq for e in entries}
+        self.entries = deque(e for e in self.entries if e.seq not in gone)
+        self.bytes = sum(e.size for e in self.entries)
+        self.messages = sum(e.count for e in self.entries)
+        self.drained_total += drained
+        if not self.entries:
+            self.full = None
+        self._changed.set()
+
+    def _unlink(self, entries: list[SpoolEntry]) -> None:
+        for entry in entries:
+            entry.path.unlink(missing_ok=True)
+        if entries and self.directory.is_dir():
+            _fsync_dir(self.directory)
+
+    async def wait_changed(self, timeout: float | None = None) -> None:
+        """Until something is appended or removed (or ``timeout`` seconds pass)."""
+        self._changed.clear()
+        try:
+            await asyncio.wait_for(self._changed.wait(), timeout)
+        except TimeoutError:
+            pass
