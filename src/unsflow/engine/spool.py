@@ -57,7 +57,7 @@ import orjson
 from unsflow.errors import UnsflowError
 from unsflow.message import NOT_DECODED, Failure, Message
 
-__all__ = ["Spool", "SpoolEntry", "SpoolFull", "SpoolInUse", "encode_message", "decode_message"]
+__all__ = ["Spool", "SpoolEntry", "SpoolFull", "SpoolInUse", "decode_message", "encode_message"]
 
 log = logging.getLogger("unsflow.spool")
 
