@@ -19,7 +19,8 @@ Contract:
   (a new :class:`Spool` indexes them at ``open``) and removes leftover
   temporary files, which were never acknowledged.
 - One process per directory: ``open`` (or the first append) takes an
-  exclusive ``flock`` on ``.lock``, so two replicas never share one spool.
+  exclusive ``flock`` on ``.lock``, so two replicas never share one spool
+  (``open`` raises :class:`SpoolInUse`; an append refuses as full, saying so).
 - A corrupt file (bad header, an unparseable line) never stops the pipeline:
   :meth:`read` returns each unreadable line as a :class:`~unsflow.message.Failure`
   holding the raw line, bound for the dead letter, and the good lines as messages.
@@ -270,6 +271,8 @@ class Spool:
             except OSError as exc:
                 what = "disk full" if exc.errno in (errno.ENOSPC, errno.EDQUOT) else "write failed"
                 self._refuse(f"{what}: {exc}")
+            except SpoolInUse as exc:  # another process took the directory since we started
+                self._refuse(str(exc))
             self._next_seq = seq + 1
             self.entries.append(SpoolEntry(seq, created, len(data), len(lines),
                                            self.directory / name))
