@@ -94,6 +94,28 @@ async def test_byte_limit_refuses_writes_nothing_and_clears_when_drained(tmp_pat
     assert spool.messages == 40
 
 
+async def test_concurrent_appends_share_files_in_order(tmp_path):
+    spool = Spool(tmp_path, "lake", max_bytes=1 << 20, max_age=None)
+    spool.open()
+    await asyncio.gather(*(spool.append(batch(i, 1)) for i in range(50)))
+    assert spool.messages == 50 and len(spool.entries) < 50  # group commit
+    messages, _ = await spool.read(list(spool.entries))
+    assert [json.loads(m.payload)["seq"] for m in messages] == list(range(50))
+
+
+async def test_when_the_limit_is_reached_mid_group_only_a_prefix_is_taken(tmp_path):
+    spool = Spool(tmp_path, "lake", max_bytes=2000, max_age=None)
+    spool.open()
+    results = await asyncio.gather(*(spool.append(batch(i * 5, 5)) for i in range(10)),
+                                   return_exceptions=True)
+    taken = [i for i, r in enumerate(results) if r == []]
+    assert taken and taken == list(range(len(taken))) and len(taken) < 10
+    assert all(isinstance(r, SpoolFull) for r in results[len(taken):])
+    messages, _ = await spool.read(list(spool.entries))
+    assert [json.loads(m.payload)["seq"] for m in messages] == list(range(5 * len(taken)))
+    assert spool.bytes <= 2000 and spool.full is not None
+
+
 async def test_corrupt_lines_become_failures_and_the_rest_is_read(tmp_path):
     spool = Spool(tmp_path, "lake", max_bytes=1 << 20, max_age=None)
     spool.open()

@@ -10,7 +10,8 @@ Contract:
 - ``append(batch)`` returns only when the batch is durable: written to a
   temporary file, fsynced, renamed to ``<seq>-<created ms>.batch`` and the
   directory fsynced. Files are drained in ``seq`` order, which is the order
-  of the appends (appends are serialised).
+  of the appends. Group commit: batches appended while a file is being
+  written go together into the next file (one fsync for all), in order.
 - Bounded: an append that would take the spool past ``max-bytes``, or that
   the disk refuses (ENOSPC, any other ``OSError``), raises :class:`SpoolFull`
   and writes nothing; ``full`` then holds the reason until an append
@@ -66,6 +67,8 @@ FORMAT_VERSION = 1
 _NAME = re.compile(r"^(\d{12})-(\d+)\.batch$")
 _OPTIONS = orjson.OPT_SERIALIZE_NUMPY | orjson.OPT_NON_STR_KEYS
 _BYTES_TAG = b'"$b"'
+# Room for a file's header line when checking max-bytes before it is built.
+_HEADER_BYTES = 128
 
 
 class SpoolFull(UnsflowError):
@@ -172,6 +175,7 @@ class Spool:
         self._next_seq = 1
         self._lock_fd: int | None = None
         self._append_lock = asyncio.Lock()
+        self._queue: list[tuple[list[bytes], asyncio.Future[None]]] = []
         self._changed = asyncio.Event()
 
     @property
@@ -245,7 +249,9 @@ class Spool:
     async def append(self, batch: list[Message]) -> list[Failure]:
         """Durably spool ``batch``; returns the messages that cannot be encoded (not spooled).
 
-        Raises :class:`SpoolFull` (nothing written) when over ``max-bytes`` or the disk refuses.
+        Raises :class:`SpoolFull` (nothing of ``batch`` written) when over ``max-bytes`` or
+        the disk refuses. Group commit: batches appended while a write is in progress go
+        together into the next file, one fsync for all of them, in the order they came.
         """
         lines: list[bytes] = []
         failures: list[Failure] = []
@@ -256,41 +262,80 @@ class Spool:
                 failures.append(Failure(msg, f"cannot be spooled: {exc}", f"spool:{self.target_id}"))
         if not lines:
             return failures
-        async with self._append_lock:
+        done: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self._queue.append((lines, done))
+        try:
+            async with self._append_lock:
+                if not done.done():  # not written by the group commit of an earlier caller
+                    await self._commit()
+        except asyncio.CancelledError:
+            if not done.cancel() and not done.cancelled():
+                done.exception()  # written or refused already; nobody will ask
+            raise
+        done.result()  # raises SpoolFull
+        return failures
+
+    async def _commit(self) -> None:
+        """Write the queued batches that fit into one file; refuse the others."""
+        queue = [(lines, fut) for lines, fut in self._queue if not fut.done()]
+        self._queue = []
+        taken: list[tuple[list[bytes], asyncio.Future[None]]] = []
+        refused: list[asyncio.Future[None]] = []
+        reason = ""
+        size = 0
+        for lines, fut in queue:
+            batch_size = sum(len(x) + 1 for x in lines)
+            if refused or self.bytes + _HEADER_BYTES + size + batch_size > self.max_bytes:
+                # Order: after one batch that does not fit, none of the later ones is taken.
+                if not refused:
+                    reason = (f"max-bytes {self.max_bytes} reached ({self.bytes} bytes spooled, "
+                              f"batch of {batch_size} bytes)")
+                refused.append(fut)
+                continue
+            taken.append((lines, fut))
+            size += batch_size
+        if taken:
+            count = sum(len(lines) for lines, _ in taken)
             created = time.time()
             header = orjson.dumps({"v": FORMAT_VERSION, "target": self.target_id,
-                                   "count": len(lines), "created": created})
-            data = b"\n".join([header, *lines]) + b"\n"
-            if self.bytes + len(data) > self.max_bytes:
-                self._refuse(f"max-bytes {self.max_bytes} reached ({self.bytes} bytes spooled, "
-                             f"batch of {len(data)} bytes)")
+                                   "count": count, "created": created})
+            data = b"\n".join([header, *(x for lines, _ in taken for x in lines)]) + b"\n"
             seq = self._next_seq
             name = f"{seq:012d}-{int(created * 1000)}.batch"
             try:
                 await asyncio.to_thread(self._write_file, name, data)
-            except OSError as exc:
-                what = "disk full" if exc.errno in (errno.ENOSPC, errno.EDQUOT) else "write failed"
-                self._refuse(f"{what}: {exc}")
-            except SpoolInUse as exc:  # another process took the directory since we started
-                self._refuse(str(exc))
-            self._next_seq = seq + 1
-            self.entries.append(SpoolEntry(seq, created, len(data), len(lines),
-                                           self.directory / name))
-            self.bytes += len(data)
-            self.messages += len(lines)
-            self.spooled_total += len(lines)
-            if self.full is not None:
-                log.info("[spool:%s] taking batches again", self.target_id)
+            except (OSError, SpoolInUse) as exc:
+                if isinstance(exc, SpoolInUse):  # another process took the directory
+                    reason = str(exc)
+                elif exc.errno in (errno.ENOSPC, errno.EDQUOT):
+                    reason = f"disk full: {exc}"
+                else:
+                    reason = f"write failed: {exc}"
+                refused = [fut for _, fut in taken] + refused
+                taken = []
+            else:
+                self._next_seq = seq + 1
+                self.entries.append(SpoolEntry(seq, created, len(data), count,
+                                               self.directory / name))
+                self.bytes += len(data)
+                self.messages += count
+                self.spooled_total += count
+                self._changed.set()
+                for _, fut in taken:
+                    if not fut.done():
+                        fut.set_result(None)
+        if taken and self.full is not None:
+            log.info("[spool:%s] taking batches again", self.target_id)
             self.full = None
-            self._changed.set()
-        return failures
-
-    def _refuse(self, reason: str) -> None:
-        if self.full is None:
-            log.error("[spool:%s] full: %s; holding acknowledgements (backpressure) until "
-                      "there is space", self.target_id, reason)
-        self.full = reason
-        raise SpoolFull(f"spool of target {self.target_id!r} full: {reason}")
+        if refused:
+            if self.full is None:
+                log.error("[spool:%s] full: %s; holding acknowledgements (backpressure) until "
+                          "there is space", self.target_id, reason)
+            self.full = reason
+            error = SpoolFull(f"spool of target {self.target_id!r} full: {reason}")
+            for fut in refused:
+                if not fut.done():
+                    fut.set_exception(error)
 
     def _write_file(self, name: str, data: bytes) -> None:
         self._lock()
@@ -379,9 +424,16 @@ class Spool:
         """Forget ``entries`` (the target or the dead letter took them): delete their files."""
         await asyncio.to_thread(self._unlink, entries)
         gone = {e.seq for e in entries}
-        self.entries = deque(e for e in self.entries if e.seq not in gone)
-        self.bytes = sum(e.size for e in self.entries)
-        self.messages = sum(e.count for e in self.entries)
+        removed: list[SpoolEntry] = []
+        # The drainer and the expiry take entries from the front: pop those in O(1).
+        while self.entries and self.entries[0].seq in gone:
+            removed.append(self.entries.popleft())
+            gone.discard(removed[-1].seq)
+        if gone:
+            removed.extend(e for e in self.entries if e.seq in gone)
+            self.entries = deque(e for e in self.entries if e.seq not in gone)
+        self.bytes -= sum(e.size for e in removed)
+        self.messages -= sum(e.count for e in removed)
         self.drained_total += drained
         if not self.entries:
             self.full = None
