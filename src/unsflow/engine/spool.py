@@ -67,6 +67,8 @@ FORMAT_VERSION = 1
 _NAME = re.compile(r"^(\d{12})-(\d+)\.batch$")
 _OPTIONS = orjson.OPT_SERIALIZE_NUMPY | orjson.OPT_NON_STR_KEYS
 _BYTES_TAG = b'"$b"'
+# Seconds between two "spool full" errors in the log.
+FULL_LOG_INTERVAL = 30.0
 # Room for a file's header line when checking max-bytes before it is built.
 _HEADER_BYTES = 128
 
@@ -176,6 +178,8 @@ class Spool:
         self._lock_fd: int | None = None
         self._append_lock = asyncio.Lock()
         self._queue: list[tuple[list[bytes], asyncio.Future[None]]] = []
+        self._full_logged_at = -FULL_LOG_INTERVAL
+        self._full_announced = False
         self._changed = asyncio.Event()
 
     @property
@@ -294,16 +298,10 @@ class Spool:
                 continue
             taken.append((lines, fut))
             size += batch_size
-        if taken:
-            count = sum(len(lines) for lines, _ in taken)
-            created = time.time()
-            header = orjson.dumps({"v": FORMAT_VERSION, "target": self.target_id,
-                                   "count": count, "created": created})
-            data = b"\n".join([header, *(x for lines, _ in taken for x in lines)]) + b"\n"
-            seq = self._next_seq
-            name = f"{seq:012d}-{int(created * 1000)}.batch"
+        while taken:
             try:
-                await asyncio.to_thread(self._write_file, name, data)
+                await self._write_group(taken)
+                break
             except (OSError, SpoolInUse) as exc:
                 if isinstance(exc, SpoolInUse):  # another process took the directory
                     reason = str(exc)
@@ -311,31 +309,55 @@ class Spool:
                     reason = f"disk full: {exc}"
                 else:
                     reason = f"write failed: {exc}"
-                refused = [fut for _, fut in taken] + refused
-                taken = []
-            else:
-                self._next_seq = seq + 1
-                self.entries.append(SpoolEntry(seq, created, len(data), count,
-                                               self.directory / name))
-                self.bytes += len(data)
-                self.messages += count
-                self.spooled_total += count
-                self._changed.set()
-                for _, fut in taken:
-                    if not fut.done():
-                        fut.set_result(None)
+                # Half the group may fit where the whole did not: halve down to one batch
+                # before refusing everything (else a backlog bigger than the free space
+                # would never go in, however much the drainer frees).
+                if len(taken) > 1:
+                    half = len(taken) // 2
+                    refused = [fut for _, fut in taken[half:]] + refused
+                    taken = taken[:half]
+                else:
+                    refused = [taken[0][1], *refused]
+                    taken = []
+        now = time.monotonic()
         if taken and self.full is not None:
-            log.info("[spool:%s] taking batches again", self.target_id)
+            if self._full_announced:
+                log.info("[spool:%s] taking batches again", self.target_id)
+                self._full_announced = False
             self.full = None
         if refused:
-            if self.full is None:
+            # One error per FULL_LOG_INTERVAL: a spool that drains near its limit goes full
+            # and not full again with every drained file.
+            if self.full is None and now - self._full_logged_at >= FULL_LOG_INTERVAL:
                 log.error("[spool:%s] full: %s; holding acknowledgements (backpressure) until "
                           "there is space", self.target_id, reason)
+                self._full_logged_at = now
+                self._full_announced = True
             self.full = reason
             error = SpoolFull(f"spool of target {self.target_id!r} full: {reason}")
             for fut in refused:
                 if not fut.done():
                     fut.set_exception(error)
+
+    async def _write_group(self, taken: list[tuple[list[bytes], asyncio.Future[None]]]) -> None:
+        """One file holding the batches of ``taken``, in order; their futures complete."""
+        count = sum(len(lines) for lines, _ in taken)
+        created = time.time()
+        header = orjson.dumps({"v": FORMAT_VERSION, "target": self.target_id,
+                               "count": count, "created": created})
+        data = b"\n".join([header, *(x for lines, _ in taken for x in lines)]) + b"\n"
+        seq = self._next_seq
+        name = f"{seq:012d}-{int(created * 1000)}.batch"
+        await asyncio.to_thread(self._write_file, name, data)
+        self._next_seq = seq + 1
+        self.entries.append(SpoolEntry(seq, created, len(data), count, self.directory / name))
+        self.bytes += len(data)
+        self.messages += count
+        self.spooled_total += count
+        self._changed.set()
+        for _, fut in taken:
+            if not fut.done():
+                fut.set_result(None)
 
     def _write_file(self, name: str, data: bytes) -> None:
         self._lock()
