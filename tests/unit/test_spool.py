@@ -270,3 +270,58 @@ async def test_a_corrupt_spool_file_is_dead_lettered_not_fatal(tmp_path):
     finally:
         await path.stop_spool(1.0)
         await target.stop()
+
+
+def test_config_spool_is_on_by_default_with_a_per_target_opt_out(tmp_path):
+    from unsflow.config.loading import parse_config
+    from unsflow.engine.pipeline import build_spool
+
+    config = parse_config({
+        "targets": {"lake": {"type": "file", "path": str(tmp_path / "a.jsonl")},
+                    "alerts": {"type": "file", "path": str(tmp_path / "b.jsonl"), "spool": False}},
+        "subscriptions": {"plant/#": {"qos": 1, "target": ["lake", "alerts"]}},
+    }, env={})
+    lake = build_spool(config, "lake")
+    assert lake is not None and lake.directory == Path("./unsflow-spool/lake")
+    assert (lake.max_bytes, lake.max_age) == (1024 ** 3, 7 * 24 * 3600.0)
+    assert build_spool(config, "alerts") is None
+
+    config = parse_config({
+        "targets": {"a/b": {"type": "file", "path": str(tmp_path / "a.jsonl")}},
+        "subscriptions": {"plant/#": {"qos": 1, "target": "a/b"}},
+        "spool": {"path": str(tmp_path / "sp"), "max-bytes": 5000, "max-age": None},
+    }, env={})
+    spool = build_spool(config, "a/b")
+    assert spool is not None and spool.directory == tmp_path / "sp" / "a%2Fb"
+    assert (spool.max_bytes, spool.max_age) == (5000, None)
+
+
+async def test_a_spool_left_by_a_crash_is_drained_through_the_pipeline_first(tmp_path):
+    """A spool file from before a restart reaches the target before the new batches."""
+    from unsflow.config.loading import parse_config
+    from unsflow.engine.pipeline import Pipeline
+    from unsflow.testing import MemorySource
+
+    old = Spool(tmp_path / "spool", "lake", max_bytes=1 << 20, max_age=None)
+    await old.append(batch(0, 20))
+    old.close()
+    config = parse_config({
+        "targets": {"lake": {"type": "file", "path": str(tmp_path / "out.jsonl")}},
+        "subscriptions": {"plant/#": {"qos": 1, "target": "lake"}},
+        "dead-letter": {"path": str(tmp_path / "dead.jsonl")},
+        "spool": {"path": str(tmp_path / "spool")},
+        "http": {"port": 0},
+    }, env={})
+    source = MemorySource()
+    pipeline = Pipeline(config, Context(env={}), source=source)
+    stop = asyncio.Event()
+    task = asyncio.create_task(pipeline.run(stop))
+    try:
+        await wait_for(lambda: len(rows(tmp_path / "out.jsonl")) >= 20)
+        source.push(batch(20, 5))
+        await wait_for(lambda: len(rows(tmp_path / "out.jsonl")) >= 25)
+    finally:
+        stop.set()
+        await asyncio.wait_for(task, 30)
+    assert rows(tmp_path / "out.jsonl") == list(range(25))
+    assert not list((tmp_path / "spool" / "lake").glob("*.batch"))

@@ -248,8 +248,13 @@ class TargetPath:
         if not done:
             task.cancel()
         await asyncio.gather(task, return_exceptions=True)
-        if self.spool is not None:
-            self.spool.close()
+        spool = self.spool
+        if spool is not None:
+            if not spool.empty:
+                log.warning("[spool:%s] stopping with %d message(s) in %d spooled batch file(s) "
+                            "in %s; the next start drains them", self.id, spool.messages,
+                            len(spool.entries), spool.directory)
+            spool.close()
 
     async def drain_spool(self) -> None:
         """Write spooled batches to the target, oldest first, until stopped.
@@ -271,17 +276,25 @@ class TargetPath:
             if spool.empty:
                 await spool.wait_changed()
                 continue
-            expired = spool.expired()
-            if expired:
+            try:
+                expired = spool.expired()
+                if expired:
+                    group, messages = [], []
+                    await self._expire(expired, reported)
+                    continue
+                if not group:
+                    group = _front(spool.entries, DRAIN_MESSAGES)
+                    messages, corrupt = await spool.read(group)
+                    await self._report_corrupt(corrupt, reported)
+                    st.received += len(messages)
+            except OSError as exc:
+                # The spool's disk or the dead letter's failed: the drainer must not die
+                # (nothing would drain any more); try again after a pause.
                 group, messages = [], []
-                await self._expire(expired, reported)
+                log.error("[spool:%s] cannot drain: %s; retrying", self.id, exc)
+                await asyncio.sleep(backoff.next())
                 continue
-            if not group:
-                group = _front(spool.entries, DRAIN_MESSAGES)
-                messages, corrupt = await spool.read(group)
-                await self._report_corrupt(corrupt, reported)
             if messages:
-                st.received += len(messages)
                 self._drain_writing = True
                 try:
                     written = await self._once(stage, messages, self._write, st, unexpected,
@@ -295,7 +308,14 @@ class TargetPath:
                     self.stats.accepted += len(written)
             backoff.reset()
             unexpected[0] = 0
-            await spool.remove(group, drained=len(messages))
+            try:
+                await spool.remove(group, drained=len(messages))
+            except OSError as exc:
+                # The target has these messages: only try the delete again, never the write.
+                log.error("[spool:%s] cannot delete drained spool files: %s", self.id, exc)
+                messages = []
+                await asyncio.sleep(backoff.next())
+                continue
             reported.difference_update(e.seq for e in group)
             group, messages = [], []
 
