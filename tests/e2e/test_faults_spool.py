@@ -64,10 +64,10 @@ def own_minio(tmp_path: Path) -> Iterator[OwnMinio]:
 
 
 def run_pipeline(tmp_path: Path, mqtt_broker, minio: AwsEndpoint, bucket: str, topic: str,
-                 http_port: int, spool: dict[str, Any]) -> UnsflowProcess:
+                 http_port: int, spool: dict[str, Any], client_id: str = "") -> UnsflowProcess:
     config = {
         "mqtt-broker": {"host": mqtt_broker.host, "port": mqtt_broker.port,
-                        "client-id": f"spool-{os.getpid()}-{time.time_ns()}",
+                        "client-id": client_id or f"spool-{os.getpid()}-{time.time_ns()}",
                         "clean-start": False},
         "targets": {"lake": {"type": "s3", "s3-bucket": bucket, "endpoint": minio.endpoint,
                              "region": minio.region, "allow-http": True,
@@ -184,6 +184,52 @@ def test_minio_stopped_mid_stream_then_back(own_mqtt_broker, own_minio, topic_pr
                     note=f"stopped after {stopped_at}, back after {restarted_at} published; "
                          f"{drained:.0f} drained from the spool")
     assert not dead_letter_seqs(tmp_path / "dead.jsonl")
+
+
+def test_spool_survives_kill9_while_minio_is_down(own_mqtt_broker, own_minio, topic_prefix,
+                                                 tmp_path):
+    """What was acknowledged into the spool is on disk: kill -9, restart, MinIO back."""
+    mqtt_broker = own_mqtt_broker
+    minio = own_minio.endpoint
+    bucket = make_bucket(minio, "spool-kill9")
+    (port,) = _free_ports(1)
+    spool_dir = tmp_path / "spool"
+    client_id = f"spool-kill9-{os.getpid()}-{time.time_ns()}"
+    proc = run_pipeline(tmp_path, mqtt_broker, minio, bucket, topic_prefix, port,
+                        {"path": str(spool_dir)}, client_id)
+    publisher = Publisher(mqtt_broker, topic_prefix)
+    try:
+        wait_until(lambda: readyz(port)[0] == 200, 30, "/readyz 200", proc)
+        publisher.start()
+        wait_until(lambda: publisher.published >= 1000, 90, "1000 published", proc)
+        acked_before = metric(port, "unsflow_source_acked_total", source="uns")
+        own_minio.stop()
+        wait_until(lambda: metric(port, "unsflow_source_acked_total", source="uns")
+                   >= acked_before + 500, 60, "500 acknowledged into the spool", proc)
+        proc.kill9()
+        killed_at = publisher.published
+        spooled = sum(len(p.read_bytes().splitlines()) - 1 for p in spooled_files(spool_dir))
+        assert spooled >= 500, "the acknowledged batches are not in the spool files"
+        time.sleep(1)
+        proc = run_pipeline(tmp_path, mqtt_broker, minio, bucket, topic_prefix, port,
+                            {"path": str(spool_dir)}, client_id)
+        proc.wait_for_log("to drain from", timeout=30)
+        own_minio.start()
+        publisher.join(300)
+        assert publisher.published == TOTAL
+        delivered = lake_seqs(minio, bucket, proc)
+        wait_until(lambda: metric(port, "unsflow_spool_batches", target="lake") == 0 or None,
+                   60, "an empty spool", proc)
+    finally:
+        code = proc.terminate()
+        publisher.join(5)
+        (tmp_path / "unsflow.log").write_text(proc.output)
+    assert code == 0, proc.output[-3000:]
+    assert killed_at < TOTAL, "publishing ended before the kill; nothing proved"
+    assert spooled_files(spool_dir) == []
+    report_scenario("4. MinIO stopped, then back (kill -9 while spooled, restart)", TOTAL,
+                    delivered, dead_letter_seqs(tmp_path / "dead.jsonl"),
+                    note=f"killed after {killed_at} published with {spooled} messages spooled")
 
 
 def _tmpfs(where: Path, size: str) -> bool:
