@@ -154,7 +154,7 @@ async def test_raw_requests_bad_head_and_silent_clients(tmp_path):
 
     try:
         for _ in range(100):
-            if pipeline.http is not None:
+            if pipeline.http is not None and pipeline.running:  # /readyz 200 needs both
                 break
             await asyncio.sleep(0.02)
         silent = await asyncio.open_connection("127.0.0.1", port)  # sends nothing
