@@ -143,7 +143,8 @@ class ModelRepository:
         """Load what is new in the store; returns the swaps made (see the contract)."""
         async with self._lock:
             try:
-                names: list[str] = self.names or await asyncio.to_thread(self.store.names)
+                names = (self.names if self.names is not None
+                         else await asyncio.to_thread(self.store.names))
             except ModelStoreError as exc:
                 self._error(f"model store {self.store.url}: cannot list models: {exc}")
                 return []
