@@ -24,8 +24,8 @@ WINDOW = 5
 INTERVAL = 0.02  # seconds between two readings of a sensor
 MACHINES = ["press-1", "press-2", "press-3"]
 TICKS = 300  # readings per machine
-TRAIN_MACHINES = ["train-1", "train-2", "train-3"]
-TRAIN_TICKS = 1000
+TRAIN_MACHINES = ["train-1", "train-2"]
+TRAIN_TICKS = 600
 VIBRATION = {"name": "vibration", "unit": "mm/s", "low": 10, "high": 18, "step": 1,
              "failures": [{"mode": "spike", "every": 10}]}
 # The bound on false alerts, as a share of the readings scored. The spikes (x2.5 on a walk in

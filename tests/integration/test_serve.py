@@ -259,3 +259,39 @@ def test_serves_every_model_of_the_store_and_waits_for_a_named_one(tmp_path: Pat
             assert http.get("/v2/health/ready").json()["models"] == {"anomaly": 1, "other": 1}
     finally:
         assert proc.terminate() == 0, proc.output[-3000:]
+
+
+def test_serves_from_minio_and_swaps_when_a_version_is_delivered(
+        tmp_path: Path, minio: Any, s3_bucket: str) -> None:
+    """The object store path: every model of s3://bucket/prefix; a new version saved there
+    (southbound delivery from the core) is served after the next poll."""
+    options = {"endpoint": minio.endpoint, "region": minio.region, "allow-http": "true",
+               "access-key-id": minio.access_key, "secret-access-key": minio.secret_key}
+    url = f"s3://{s3_bucket}/edge/models"
+    store = ModelStore(url, options)
+    save_model(store, "anomaly")
+    save_model(store, "other")
+    # a half-delivered version (no metadata.json yet) is not served
+    minio.client("s3").put_object(Bucket=s3_bucket, Key="edge/models/anomaly/2/model.onnx",
+                                  Body=b"half")
+    assert store.names() == ["anomaly", "other"]
+    args = [f"--store-option={k}={v}" for k, v in options.items()]
+    proc, base = start_serve(tmp_path, "--store", url, *args, "--poll-interval", "0.3")
+    try:
+        with httpx.Client(base_url=base, timeout=10, trust_env=False) as http:
+            assert http.get("/v2/health/ready").json()["models"] == {"anomaly": 1, "other": 1}
+            body = {"inputs": [{"name": "predict", "shape": [1, 5], "datatype": "FP32",
+                                "data": DEMO}]}
+            r = http.post("/v2/models/anomaly/infer", json=body).json()
+            assert (r["model_version"], r["outputs"][0]["data"]) == ("1", [1])
+            # version 2's directory is taken by the half-written one: save() writes 3
+            assert save_model(store, "anomaly", inverted=True) == 3
+            deadline = time.monotonic() + 30
+            while http.get("/v2/models/anomaly").json()["version"] != "3":
+                assert time.monotonic() < deadline, proc.output[-2000:]
+                time.sleep(0.1)
+            r = http.post("/v2/models/anomaly/infer", json=body).json()
+            assert (r["model_version"], r["outputs"][0]["data"]) == ("3", [0])
+            assert http.get("/v2/models/anomaly").json()["versions"] == ["1", "3"]
+    finally:
+        assert proc.terminate() == 0, proc.output[-3000:]
