@@ -239,8 +239,12 @@ def simulate(config_file: str | None, host: str | None, port: int | None,
               help="Plain REST: the record field holding the model input.")
 @click.option("--workers", default=2, show_default=True, type=click.IntRange(1, 64),
               help="Inference threads.")
+@click.option("--inline-max-ms", default=0.5, show_default=True, type=click.FloatRange(0, 100),
+              help="Calls measured faster than this run on the event loop, not a thread "
+              "(0: always a thread).")
 def serve(store: str, store_options: tuple[str, ...], models: str | None, host: str, port: int,
-          poll_interval: float, rest_prefix: str, input_field: str, workers: int) -> None:
+          poll_interval: float, rest_prefix: str, input_field: str, workers: int,
+          inline_max_ms: float) -> None:
     """Serve the models of a model store (KServe Open Inference Protocol v2 and plain REST)."""
     from unsflow.server import run_server
     from unsflow.server.app import ServeConfig
@@ -255,7 +259,8 @@ def serve(store: str, store_options: tuple[str, ...], models: str | None, host: 
     names = [n.strip() for n in models.split(",") if n.strip()] if models else None
     config = ServeConfig(store=store, store_options=options, models=names, host=host, port=port,
                          poll_interval=poll_interval, rest_prefix=rest_prefix,
-                         input_field=input_field, workers=workers)
+                         input_field=input_field, workers=workers,
+                         inline_max_ms=inline_max_ms)
     try:
         run_server(config)
     except (ValueError, UnsflowError) as exc:

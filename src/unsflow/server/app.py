@@ -70,6 +70,9 @@ class ServeConfig:
     rest_prefix: str = "/api/v1"
     input_field: str = "window"  # REST: record field holding the model input
     workers: int = 2  # inference threads
+    # A call whose measured cost (per model and batch size) is below this runs on the event
+    # loop: the hand-off to a thread costs more than such a call (see _Costs). 0: always a thread.
+    inline_max_ms: float = 0.5
     threads: int = 1  # onnxruntime intra-op threads per inference
     keep_versions: int = 2  # earlier versions kept loaded for versioned paths
 
@@ -126,6 +129,7 @@ class _Server:
         self.repo = repository
         self.metrics = metrics
         self.executor = ThreadPoolExecutor(config.workers, thread_name_prefix="unsflow-infer")
+        self.costs = _Costs(config.inline_max_ms / 1000)
 
     async def _body(self, request: Request) -> Any:
         length = request.headers.get("content-length")
@@ -148,11 +152,25 @@ class _Server:
         return await self.repo.get_version(name, int(version))
 
     async def _predict(self, model: OnnxModel, rows: Any) -> dict[str, Any]:
-        loop = asyncio.get_running_loop()
+        key = (model.name, model.version, len(rows).bit_length())
         try:
-            return await loop.run_in_executor(self.executor, model.predict, rows)
+            if self.costs.cheap(key):
+                start = time.perf_counter()
+                results = model.predict(rows)
+                self.costs.observe(key, time.perf_counter() - start)
+                return results
+            loop = asyncio.get_running_loop()
+            return await loop.run_in_executor(self.executor, self._timed_predict, key, model,
+                                              rows)
         except ValueError as exc:
             raise ProtocolError(400, str(exc)) from exc
+
+    def _timed_predict(self, key: tuple[str, int, int], model: OnnxModel,
+                       rows: Any) -> dict[str, Any]:
+        start = time.perf_counter()
+        results = model.predict(rows)
+        self.costs.observe(key, time.perf_counter() - start)
+        return results
 
     # -- inference -------------------------------------------------------------
 
@@ -239,6 +257,33 @@ class _Server:
 
         return Response(generate_latest(self.metrics.registry),
                         media_type=METRICS_CONTENT_TYPE)
+
+
+class _Costs:
+    """Measured seconds of a predict call, per model version and batch-size class.
+
+    Why: on 2 cores, handing a call of ~20 us (a 100-tree forest, one row) to a worker thread
+    costs about 0.3 ms of CPU per request (thread wake-ups, the GIL going back and forth),
+    a third of what the whole request costs (benchmarks/inference_remote.py). Calls measured
+    below ``limit`` run on the event loop; anything slower, or not measured 3 times yet, runs
+    in a thread, so the loop is never held longer than ``limit`` and health checks answer
+    during a long inference. Thread timings include waiting for the GIL, so they err towards
+    the thread. An exponential average, so a model that gets slower moves back to the thread.
+    """
+
+    def __init__(self, limit: float) -> None:
+        self.limit = limit
+        self._seen: dict[tuple[str, int, int], tuple[int, float]] = {}
+
+    def cheap(self, key: tuple[str, int, int]) -> bool:
+        count, mean = self._seen.get(key, (0, 0.0))
+        return count >= 3 and mean < self.limit
+
+    def observe(self, key: tuple[str, int, int], seconds: float) -> None:
+        count, mean = self._seen.get(key, (0, seconds))
+        self._seen[key] = (count + 1, mean + 0.2 * (seconds - mean))
+        if len(self._seen) > 4096:  # old model versions: start over rather than grow
+            self._seen.clear()
 
 
 def _metadata(model: OnnxModel) -> dict[str, Any]:
