@@ -295,3 +295,58 @@ def test_serves_from_minio_and_swaps_when_a_version_is_delivered(
             assert http.get("/v2/models/anomaly").json()["versions"] == ["1", "3"]
     finally:
         assert proc.terminate() == 0, proc.output[-3000:]
+
+
+def test_health_answers_while_a_slow_inference_runs(tmp_path: Path,
+                                                    monkeypatch: pytest.MonkeyPatch) -> None:
+    """Inference runs in a worker thread: a model stuck in predict does not stop the server
+    from answering health checks or other models' metadata."""
+    import uvicorn
+
+    from unsflow.ml.store import OnnxModel
+    from unsflow.server.app import ServeConfig, create_app
+
+    store = ModelStore(str(tmp_path / "models"))
+    save_model(store, "anomaly")
+    entered, release = threading.Event(), threading.Event()
+    real_predict = OnnxModel.predict
+
+    def stuck_predict(self: OnnxModel, rows: Any) -> Any:
+        entered.set()
+        assert release.wait(30)
+        return real_predict(self, rows)
+
+    monkeypatch.setattr(OnnxModel, "predict", stuck_predict)
+    port = _free_ports(1)[0]
+    app = create_app(ServeConfig(store=str(tmp_path / "models"), host="127.0.0.1", port=port,
+                                 poll_interval=0))
+    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_config=None,
+                                           access_log=False))
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    base = f"http://127.0.0.1:{port}"
+    answers: list[httpx.Response] = []
+    try:
+        deadline = time.monotonic() + 30
+        while not server.started:
+            assert time.monotonic() < deadline
+            time.sleep(0.05)
+        body = {"inputs": [{"name": "predict", "shape": [1, 5], "datatype": "FP32",
+                            "data": DEMO}]}
+        infer = threading.Thread(target=lambda: answers.append(httpx.post(
+            f"{base}/v2/models/anomaly/infer", json=body, timeout=30, trust_env=False)))
+        infer.start()
+        assert entered.wait(30)  # the inference is in its thread, and stays there
+        with httpx.Client(base_url=base, timeout=5, trust_env=False) as http:
+            assert http.get("/v2/health/live").status_code == 200
+            assert http.get("/v2/health/ready").status_code == 200
+            assert http.get("/v2/models/anomaly").json()["version"] == "1"
+        assert answers == []  # still computing
+        release.set()
+        infer.join(30)
+        assert answers[0].status_code == 200
+        assert answers[0].json()["outputs"][0]["data"] == [1]
+    finally:
+        release.set()
+        server.should_exit = True
+        thread.join(30)
