@@ -350,3 +350,24 @@ def test_health_answers_while_a_slow_inference_runs(tmp_path: Path,
         release.set()
         server.should_exit = True
         thread.join(30)
+
+
+def test_a_corrupt_version_is_skipped_and_the_served_one_stays(served: Served) -> None:
+    from tests.ml_models import onnx_classifier
+    from unsflow.ml.store import default_metadata
+
+    meta = {"name": "anomaly", **default_metadata(5)}
+    assert served.store.save("anomaly", b"not an onnx model", meta) == 2
+    served.proc.wait_for_log("model 'anomaly' version 2 not loaded, still serving version 1")
+    body = {"inputs": [{"name": "predict", "shape": [1, 5], "datatype": "FP32", "data": DEMO}]}
+    r = served.http.post("/v2/models/anomaly/infer", json=body)
+    assert r.status_code == 200 and r.json()["model_version"] == "1"
+    assert "unsflow_serve_model_load_errors_total 1.0" in served.http.get("/metrics").text
+    # a good version after it is served
+    assert served.store.save("anomaly", onnx_classifier(inverted=True), meta) == 3
+    served.proc.wait_for_log("model 'anomaly': serving version 3 (was 1)")
+    r = served.http.post("/v2/models/anomaly/infer", json=body)
+    assert (r.json()["model_version"], r.json()["outputs"][0]["data"]) == ("3", [0])
+    # the corrupt one asked for by its path: an error that says why, not a crash
+    r = served.http.post("/v2/models/anomaly/versions/2/infer", json=body)
+    assert r.status_code == 500 and "cannot be loaded by onnxruntime" in r.json()["error"]

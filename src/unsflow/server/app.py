@@ -326,7 +326,8 @@ def create_app(config: ServeConfig, repository: ModelRepository | None = None,
             Route(f"{mv}/infer", server.infer, methods=["POST"]),
         ]
 
-    prefix = config.rest_prefix.rstrip("/")
+    prefix = config.rest_prefix.strip("/")
+    prefix = f"/{prefix}" if prefix else ""
     routes = [
         Route("/healthz", server.live, methods=["GET"]),
         Route("/readyz", server.ready, methods=["GET"]),

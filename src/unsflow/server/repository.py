@@ -122,6 +122,9 @@ class ModelRepository:
                     model = await asyncio.to_thread(self._load, name, version)
                 except ModelNotFound as exc:
                     raise ProtocolError(404, str(exc)) from exc
+                except (ModelCorrupt, ModelStoreError) as exc:
+                    self._error(f"model {name!r} version {version} asked for, not loaded: {exc}")
+                    raise ProtocolError(500, str(exc)) from exc
                 self._keep(entry, model)
         return model
 
