@@ -371,3 +371,33 @@ def test_a_corrupt_version_is_skipped_and_the_served_one_stays(served: Served) -
     # the corrupt one asked for by its path: an error that says why, not a crash
     r = served.http.post("/v2/models/anomaly/versions/2/infer", json=body)
     assert r.status_code == 500 and "cannot be loaded by onnxruntime" in r.json()["error"]
+
+
+@pytest.mark.parametrize("protocol", ["rest", "v2"])
+async def test_the_remote_processor_gets_answers_in_both_protocols(served: Served,
+                                                                   protocol: str) -> None:
+    """The reference config's shape: base-url ends in /api/v1, :8000 aside."""
+    from unsflow.components import Context
+    from unsflow.message import Message
+    from unsflow.processors.remote import RemoteProcessor, RemoteProcessorConfig
+
+    cfg = RemoteProcessorConfig.model_validate({
+        "type": "remote", "base-url": f"{served.base}/api/v1", "processor-id": "anomaly",
+        "protocol": protocol, "input-field": "window", "input-name": "predict"})
+    remote = RemoteProcessor("edge-inference", cfg, Context(env={}))
+    records = [{"machine": "m1", "value": w[-1], "window": w}
+               for w in (DEMO, [12.0, 12.5, 13.0, 12.8, 13.1], [14.0, 14.2, 13.9, 14.1, 36.0])]
+    batch = [Message(topic="a/b", payload=b"", record=r) for r in records]
+    await remote.start()
+    try:
+        outputs, failures = await remote.process(batch)
+    finally:
+        await remote.stop()
+    assert failures == []
+    answers = [o.record["inference"] for o in outputs]
+    if protocol == "v2":
+        assert answers == [1, 0, 1]  # outputs[0], the label, one per row
+        assert remote.requests == 1  # one batched request
+    else:
+        assert [(a["label"], a["anomaly"], a["model_version"]) for a in answers] == [
+            (1, True, "1"), (0, False, "1"), (1, True, "1")]
