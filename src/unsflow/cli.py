@@ -222,6 +222,52 @@ def simulate(config_file: str | None, host: str | None, port: int | None,
     click.echo(stats.summary())
 
 
+@main.command()
+@click.option("--store", "store", default="models", show_default=True,
+              help="Model store: a directory or s3://, gs://, az:// URL.")
+@click.option("--store-option", "store_options", multiple=True, metavar="KEY=VALUE",
+              help="Object store option (endpoint, region, allow-http, access-key-id, ...); "
+              "repeatable.")
+@click.option("--models", default=None, help="NAME[,NAME]: the models to serve (default: all).")
+@click.option("--host", default="0.0.0.0", show_default=True, help="Address to listen on.")
+@click.option("--port", default=8000, show_default=True, type=int, help="Port to listen on.")
+@click.option("--poll-interval", default=10.0, show_default=True, type=float,
+              help="Seconds between checks of the store for new versions (0: never).")
+@click.option("--rest-prefix", default="/api/v1", show_default=True,
+              help="Path prefix of the plain REST endpoint (POST PREFIX/MODEL).")
+@click.option("--input-field", default="window", show_default=True,
+              help="Plain REST: the record field holding the model input.")
+@click.option("--workers", default=2, show_default=True, type=click.IntRange(1, 64),
+              help="Inference threads.")
+@click.option("--inline-max-ms", default=0.5, show_default=True, type=click.FloatRange(0, 100),
+              help="Calls measured faster than this run on the event loop, not a thread "
+              "(0: always a thread).")
+def serve(store: str, store_options: tuple[str, ...], models: str | None, host: str, port: int,
+          poll_interval: float, rest_prefix: str, input_field: str, workers: int,
+          inline_max_ms: float) -> None:
+    """Serve the models of a model store (KServe Open Inference Protocol v2 and plain REST)."""
+    from unsflow.server import run_server
+    from unsflow.server.app import ServeConfig
+
+    options = {}
+    for item in store_options:
+        key, sep, value = item.partition("=")
+        if not sep or not key:
+            click.echo(f"--store-option: expected KEY=VALUE, found {item!r}", err=True)
+            sys.exit(2)
+        options[key.strip()] = value
+    names = [n.strip() for n in models.split(",") if n.strip()] if models else None
+    config = ServeConfig(store=store, store_options=options, models=names, host=host, port=port,
+                         poll_interval=poll_interval, rest_prefix=rest_prefix,
+                         input_field=input_field, workers=workers,
+                         inline_max_ms=inline_max_ms)
+    try:
+        run_server(config)
+    except (ValueError, UnsflowError) as exc:
+        click.echo(f"unsflow serve: {exc}", err=True)
+        sys.exit(1)
+
+
 def _add_ml_commands() -> None:
     from unsflow.ml.command import train_command
 

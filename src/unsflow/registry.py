@@ -36,6 +36,7 @@ BUILTINS: dict[str, dict[str, str]] = {
         "window": "unsflow.processors.window:WindowProcessor",
         "threshold": "unsflow.processors.threshold:ThresholdProcessor",
         "model": "unsflow.processors.model:ModelProcessor",
+        "filter": "unsflow.processors.filter:FilterProcessor",
     },
     "targets": {
         "s3": "unsflow.targets.object_store:ObjectStoreTarget",

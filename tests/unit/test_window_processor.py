@@ -255,3 +255,26 @@ async def test_in_a_pipeline_held_and_failed_messages_are_acknowledged(tmp_path:
     dead = [json.loads(line) for line in (tmp_path / "dead.jsonl").read_text().splitlines()]
     assert [d["stage"] for d in dead] == ["processor:win"]
     assert "must hold a finite number, found 'high'" in dead[0]["error"]
+
+
+async def test_concurrent_batches_are_windowed_in_the_order_handed_over(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """The engine runs batches concurrently; a large one (worker thread) is not overtaken."""
+    import asyncio
+
+    import unsflow.processors.window as window_module
+
+    to_thread = asyncio.to_thread
+
+    async def slow_thread_start(*args: Any) -> Any:  # a busy machine: the thread starts late
+        await asyncio.sleep(0.05)
+        return await to_thread(*args)
+
+    monkeypatch.setattr(window_module.asyncio, "to_thread", slow_thread_start)
+    w = processor(size=5, time_field="ts")
+    first = [reading(float(i), t=i) for i in range(300)]  # large: goes to a worker thread
+    second = [reading(float(i), t=i) for i in range(300, 310)]  # small: would run inline
+    (out1, _), (out2, _) = await asyncio.gather(w.process(first), w.process(second))
+    assert w.describe()["late"] == 0
+    assert len(out1) == 296 and len(out2) == 10
+    assert out2[0].record["window"] == [296.0, 297.0, 298.0, 299.0, 300.0]

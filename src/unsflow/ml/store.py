@@ -3,6 +3,9 @@
 Contract (shared by ``unsflow train``, the ``model`` processor and ``unsflow serve``;
 changes are additive only and are noted here):
 
+- Note (serve): :meth:`ModelStore.names` added, the model names of the store
+  (``unsflow serve`` without ``--models`` serves them all).
+
 - Layout, the Triton/KServe model-repository convention::
 
       <root>/<model-name>/<version>/model.onnx
@@ -228,6 +231,30 @@ class ModelStore:
             raise ModelStoreError(f"model store {self.url}: cannot list model {name!r}: "
                                   f"{_first_line(exc)}") from exc
         return found
+
+    def names(self) -> list[str]:
+        """The model names under the root that have at least one complete version, sorted."""
+        if self._local is not None:
+            try:
+                entries = list(os.scandir(self._local))
+            except FileNotFoundError:
+                return []
+            except OSError as exc:
+                raise ModelStoreError(f"model store {self.url}: cannot list models: "
+                                      f"{exc}") from exc
+            candidates = [e.name for e in entries if e.is_dir() and _NAME.match(e.name)]
+        else:
+            obstore = self._obstore()
+            try:
+                listing = obstore.list_with_delimiter(self._remote())
+            except ModelStoreError:
+                raise
+            except Exception as exc:
+                raise ModelStoreError(f"model store {self.url}: cannot list models: "
+                                      f"{_first_line(exc)}") from exc
+            candidates = [p.rstrip("/").rsplit("/", 1)[-1] for p in listing["common_prefixes"]]
+            candidates = [c for c in candidates if _NAME.match(c)]
+        return sorted(n for n in candidates if self.versions(n))
 
     def latest(self, name: str) -> int | None:
         """The highest complete version of ``name``, or None."""

@@ -28,6 +28,8 @@ Contract:
 - State is bounded: at most ``max-keys`` keys; the least recently used key is
   forgotten first (counted in ``evicted``). State lives in memory: a restart
   starts every window warming again.
+- Batches are windowed in the order the engine hands them over, also when
+  several are in flight at once and a large one goes to a worker thread.
 - One window processor should serve one target: two targets sharing it would
   each add the same messages.
 
@@ -129,15 +131,19 @@ class WindowProcessor(Processor[WindowProcessorConfig]):
         self._arrivals = 0
         # process() may run in a worker thread; batches must not interleave.
         self._lock = threading.Lock()
+        # The engine runs batches concurrently: a large batch (worker thread) must not be
+        # overtaken by the small one after it, or its values would arrive "late".
+        self._in_order = asyncio.Lock()
         self.warming = 0
         self.late = 0
         self.evicted = 0
         self._key_fields = tuple(self.config.key_fields or _DEFAULT_KEY_FIELDS)
 
     async def process(self, batch: list[Message]) -> ProcessResult:
-        if len(batch) >= _THREAD_MIN:
-            return await asyncio.to_thread(self._process_all, batch)
-        return self._process_all(batch)
+        async with self._in_order:  # FIFO: batches are windowed in the order handed over
+            if len(batch) >= _THREAD_MIN:
+                return await asyncio.to_thread(self._process_all, batch)
+            return self._process_all(batch)
 
     def _process_all(self, batch: list[Message]) -> ProcessResult:
         outputs: list[Message] = []
