@@ -3,7 +3,8 @@
 Starts `unsflow run examples/local-datalake.json` (the broker from
 EDGE_BROKER_HOST / EDGE_MQTT_PORT, default localhost:1883), publishes sensor
 readings of a few machines under UNS topics at QoS 1, waits until every one
-is a row under ./datalake, prints what landed, and stops unsflow with SIGTERM.
+is a row under ./datalake, prints what landed, stops unsflow with SIGTERM and ends the example's
+persistent MQTT session (so the broker does not queue for it afterwards).
 
 Run: python scripts/quickstart.py [--messages 5000]
 """
@@ -40,7 +41,7 @@ def main() -> None:
     parser.add_argument("--messages", type=int, default=5000)
     args = parser.parse_args()
     from unsflow.targets.object_store import open_lake
-    from unsflow.testing import publish
+    from unsflow.testing import end_session, publish
 
     host = os.environ.get("EDGE_BROKER_HOST", "localhost")
     port = int(os.environ.get("EDGE_MQTT_PORT", "1883"))
@@ -75,6 +76,15 @@ def main() -> None:
     finally:
         proc.send_signal(signal.SIGTERM)
         proc.wait(40)
+        # The example keeps a persistent session subscribed to '#' (so a restart
+        # loses nothing). Left behind, the broker would queue every message
+        # published from now on for a client that never comes back: end it.
+        config = json.loads((REPO / "examples" / "local-datalake.json").read_text())
+        try:
+            end_session(host, port, config["mqtt-broker"]["client-id"])
+            print("ended the example's persistent session on the broker")
+        except OSError as exc:
+            print(f"could not end the example's session on the broker: {exc}")
     seqs = {r["seq"] for r in rows}
     print(f"rows written under ./datalake for this run: {len(rows)} "
           f"({len(seqs)} distinct of {sent} published, {len(rows) - len(seqs)} duplicates)")

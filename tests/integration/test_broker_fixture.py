@@ -214,3 +214,15 @@ def test_own_broker_comes_back_after_kill_9(own_mqtt_broker, topic_prefix):
         after_subscribe=lambda: publish(broker.host, broker.port, [(topic, b"back")]),
     )  # fmt: skip
     assert messages == [(topic, b"back")]
+
+
+def test_end_session_deletes_a_persistent_session_and_its_queue(mqtt_broker, topic_prefix):
+    from unsflow.testing import Collector, end_session, publish
+
+    client_id = f"end-session-{topic_prefix.rsplit('/', 1)[-1]}"
+    with Collector(mqtt_broker.host, mqtt_broker.port, f"{topic_prefix}/#", client_id=client_id,
+                   persistent=True):
+        pass  # subscribed in a persistent session, then gone
+    publish(mqtt_broker.host, mqtt_broker.port, [(f"{topic_prefix}/a", b"queued")], qos=1)
+    assert end_session(mqtt_broker.host, mqtt_broker.port, client_id) is True
+    assert end_session(mqtt_broker.host, mqtt_broker.port, client_id) is False

@@ -10,6 +10,7 @@
 from unsflow.testing.memory import MemorySource
 from unsflow.testing.mqtt import (
     Collector,
+    end_session,
     numbered_payload,
     publish,
     publish_numbered,
@@ -18,6 +19,7 @@ from unsflow.testing.mqtt import (
 
 __all__ = [
     "Collector",
+    "end_session",
     "MemorySource",
     "numbered_payload",
     "publish",
