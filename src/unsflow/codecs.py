@@ -71,7 +71,10 @@ def decode_csv(payload: bytes, columns: list[str], delimiter: str = ",") -> dict
         text = payload.decode("utf-8")
     except UnicodeDecodeError as exc:
         raise DecodeError(f"payload is not valid UTF-8 (byte {exc.start})") from None
-    rows = list(csv.reader(io.StringIO(text.strip()), delimiter=delimiter))
+    try:
+        rows = list(csv.reader(io.StringIO(text.strip()), delimiter=delimiter))
+    except csv.Error as exc:  # e.g. a carriage return inside an unquoted field
+        raise DecodeError(f"payload is not valid CSV: {exc}") from None
     if len(rows) != 1:
         raise DecodeError(f"expected one CSV line, found {len(rows)}")
     cells = rows[0]
