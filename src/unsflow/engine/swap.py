@@ -82,6 +82,8 @@ class ReloadPlan:
 
     def describe(self) -> str:
         """One line for the log: ``subscriptions +a/# -b/#; targets ~lake +alerts; ...``."""
+        if not self.changed:
+            return "nothing"
         parts: list[str] = []
         subs = ([f"+{f}" for f in self.subscriptions_added]
                 + [f"-{f}" for f in self.subscriptions_removed]
