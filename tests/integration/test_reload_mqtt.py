@@ -1,0 +1,117 @@
+"""Reloading a pipeline subscribed to a real Mosquitto: the connection and session stay,
+subscriptions follow the config; changed broker settings move to a new connection on the
+same session without losing what was published meanwhile."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import threading
+import time
+from pathlib import Path
+
+import pytest
+
+from unsflow.components import Context
+from unsflow.config.loading import parse_config
+from unsflow.engine.pipeline import Pipeline
+from unsflow.testing import publish_numbered
+
+pytestmark = pytest.mark.integration
+
+
+def lines(path: Path) -> list[dict]:
+    return [json.loads(x) for x in path.read_text().splitlines()] if path.exists() else []
+
+
+def config(broker, tmp_path: Path, subs: dict[str, tuple[int, str]], **broker_extra):
+    targets = sorted({t for _, t in subs.values()})
+    return parse_config({
+        "mqtt-broker": {"host": broker.host, "port": broker.port, **broker_extra},
+        "targets": {t: {"type": "file", "path": str(tmp_path / f"{t}.jsonl")} for t in targets},
+        "subscriptions": {f: {"qos": q, "target": t} for f, (q, t) in subs.items()},
+        "dead-letter": {"path": str(tmp_path / "dead.jsonl")},
+        "http": {"port": 0},
+    }, env={})
+
+
+async def until(condition, timeout: float = 20.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not condition():
+        assert time.monotonic() < deadline, "condition not reached"
+        await asyncio.sleep(0.05)
+
+
+async def publish(broker, topic: str, count: int, start: int = 0) -> int:
+    return await asyncio.to_thread(publish_numbered, broker.host, broker.port, topic, count,
+                                   qos=1, start=start)
+
+
+async def test_subscriptions_change_on_the_same_connection(mqtt_broker, topic_prefix, tmp_path):
+    a, b = f"{topic_prefix}/a", f"{topic_prefix}/b"
+    pipeline = Pipeline(config(mqtt_broker, tmp_path, {f"{a}/#": (1, "ta")}), Context(env={}))
+    stop = asyncio.Event()
+    task = asyncio.create_task(pipeline.run(stop))
+    try:
+        await until(lambda: pipeline.running and pipeline.source.ready)
+        src = pipeline.source
+        connection = src._handler.current_connection
+        await publish(mqtt_broker, f"{a}/x", 100)
+        await until(lambda: len(lines(tmp_path / "ta.jsonl")) >= 100)
+
+        new = config(mqtt_broker, tmp_path, {f"{b}/#": (2, "tb")})
+        plan = await pipeline.reload(new)
+        assert plan.uns == "kept" and plan.subscriptions_added == [f"{b}/#"]
+        assert pipeline.source is src and src._handler.current_connection is connection
+        assert src.subscriptions == {f"{b}/#": 2}
+        await publish(mqtt_broker, f"{a}/x", 100, start=100)  # unsubscribed: not delivered
+        await publish(mqtt_broker, f"{b}/x", 100)
+        await until(lambda: len(lines(tmp_path / "tb.jsonl")) >= 100)
+        await asyncio.sleep(0.5)
+        received = src.received
+    finally:
+        stop.set()
+        await asyncio.wait_for(task, 30)
+    assert sorted(r["seq"] for r in lines(tmp_path / "ta.jsonl")) == list(range(100))
+    assert sorted(r["seq"] for r in lines(tmp_path / "tb.jsonl")) == list(range(100))
+    assert received == 200 and pipeline.unrouted == 0
+    assert pipeline.generation == 2
+
+
+async def test_changed_broker_settings_move_to_a_new_connection_losing_nothing(
+        mqtt_broker, topic_prefix, tmp_path):
+    topic = f"{topic_prefix}/line/press"
+    cid = topic_prefix.replace("/", "-")
+    subs = {f"{topic_prefix}/#": (1, "lake")}
+    pipeline = Pipeline(config(mqtt_broker, tmp_path, subs, **{"client-id": cid}),
+                        Context(env={}))
+    stop = asyncio.Event()
+    task = asyncio.create_task(pipeline.run(stop))
+    total = 6000
+    published = {"n": 0}
+
+    def publish_all() -> None:
+        for start in range(0, total, 300):
+            published["n"] += publish_numbered(mqtt_broker.host, mqtt_broker.port, topic, 300,
+                                               qos=1, start=start)
+            time.sleep(0.05)
+
+    publisher = threading.Thread(target=publish_all)
+    try:
+        await until(lambda: pipeline.running and pipeline.source.ready)
+        old_source = pipeline.source
+        publisher.start()
+        await until(lambda: len(lines(tmp_path / "lake.jsonl")) >= 1000)
+        new = config(mqtt_broker, tmp_path, subs, **{"client-id": cid, "keepalive": 30})
+        plan = await pipeline.reload(new)
+        reloaded_at = published["n"]
+        assert plan.uns == "replaced" and pipeline.source is not old_source
+        await asyncio.to_thread(publisher.join, 120)
+        await until(lambda: len({r["seq"] for r in lines(tmp_path / "lake.jsonl")}) >= total, 60)
+    finally:
+        stop.set()
+        await asyncio.wait_for(task, 30)
+        publisher.join(5)
+    seqs = [r["seq"] for r in lines(tmp_path / "lake.jsonl")]
+    assert set(seqs) == set(range(total))
+    assert 0 < reloaded_at < total, "publishing did not span the reload"
