@@ -87,6 +87,7 @@ class MqttSource(Source):
         self._suback_waiters: dict[int, asyncio.Future[tuple[int, ...]]] = {}
         # Filters removed while disconnected: unsubscribed on the next connect.
         self._unsubscribe_pending: set[str] = set()
+        self._hold_open = False  # waiting for a SUBACK: do not pause reading
         self.received = 0
         self.acked = 0
         self.stale_acks = 0
@@ -216,6 +217,11 @@ class MqttSource(Source):
         mid = client._connection.subscribe(subs)
         waiter = asyncio.get_running_loop().create_future()
         self._suback_waiters[mid] = waiter
+        # While the pipeline does not read (a reload), batches pile up and the socket is
+        # paused: the SUBACK would wait behind them forever. Read on until it arrives
+        # (memory stays bounded by receive-maximum for QoS 1/2).
+        self._hold_open = True
+        self._resume_reading()
         try:
             codes = await asyncio.wait_for(waiter, timeout)
         except asyncio.TimeoutError:
@@ -223,6 +229,8 @@ class MqttSource(Source):
                                f"{', '.join(changed)}", component_id=self.id) from None
         finally:
             self._suback_waiters.pop(mid, None)
+            self._hold_open = False
+            self._pause_if_full()
         refused = [f for f, code in zip(changed, codes, strict=False) if code >= 128]
         if refused:
             raise NotConnected(f"broker refused subscription(s) {', '.join(refused)} "
@@ -303,11 +311,21 @@ class MqttSource(Source):
         self.received += len(self._pending)
         self._pending, self._pending_acks = [], []
         self._batch_ready.set()
-        if len(self._batches) >= self.max_pending and self._paused_transport is None:
+        self._pause_if_full()
+
+    def _pause_if_full(self) -> None:
+        if (len(self._batches) >= self.max_pending and self._paused_transport is None
+                and not self._hold_open and self._handler is not None):
             transport = getattr(self._handler.current_connection, "_transport", None)
             if transport is not None:
                 transport.pause_reading()
                 self._paused_transport = transport
+
+    def _resume_reading(self) -> None:
+        if self._paused_transport is not None:
+            transport, self._paused_transport = self._paused_transport, None
+            if not transport.is_closing():
+                transport.resume_reading()
 
     async def read(self) -> tuple[list[Message], int]:
         while not self._batches:
@@ -315,9 +333,7 @@ class MqttSource(Source):
             await self._batch_ready.wait()
         batch = self._batches.popleft()
         if self._paused_transport is not None and len(self._batches) < self.max_pending // 2:
-            transport, self._paused_transport = self._paused_transport, None
-            if not transport.is_closing():
-                transport.resume_reading()
+            self._resume_reading()
         return batch
 
     def ack(self, token: int) -> None:
