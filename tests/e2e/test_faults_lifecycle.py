@@ -111,7 +111,7 @@ def test_3_mosquitto_stopped_and_restarted_during_load(own_mqtt_broker, tmp_path
         try:
             result["acked"] = publish(broker.host, broker.port, paced(topic, TOTAL, position),
                                       qos=1, timeout=300)
-        except Exception as exc:  # reported by the assertion below
+        except Exception as exc:  # noqa: BLE001 - the assertion below reports it
             result["error"] = exc
 
     publisher = threading.Thread(target=publish_all)

@@ -12,6 +12,7 @@ import logging
 import os
 import time
 from pathlib import Path
+from typing import Self
 
 import pytest
 
@@ -55,7 +56,7 @@ class Running:
         self.watcher = ConfigWatcher(config_path, self.pipeline, self.loaded, env={})
         self.stop = asyncio.Event()
 
-    async def __aenter__(self) -> "Running":
+    async def __aenter__(self) -> Self:
         self.task = asyncio.create_task(self.pipeline.run(self.stop))
         await until(lambda: self.pipeline.running)
         return self

@@ -150,7 +150,8 @@ class Pipeline:
         self.start_readers()
         stopper = asyncio.create_task(stop.wait(), name="pipeline-stop-wait")
         try:
-            await asyncio.wait({stopper, self._fatal}, return_when=asyncio.FIRST_COMPLETED)
+            waits: set[asyncio.Future[Any]] = {stopper, self._fatal}
+            await asyncio.wait(waits, return_when=asyncio.FIRST_COMPLETED)
             if self._fatal.done():
                 self._fatal.result()  # a failed reader (or a failed reload rollback) is fatal
         finally:

@@ -32,13 +32,13 @@ from typing import TYPE_CHECKING
 
 from unsflow.config.loading import load_config_text
 from unsflow.config.models import PipelineConfig
-from unsflow.errors import ConfigError, ConfigIssue
 from unsflow.engine.swap import ReloadFailed
+from unsflow.errors import ConfigError, ConfigIssue
 
 if TYPE_CHECKING:
     from unsflow.engine.pipeline import Pipeline
 
-__all__ = ["ConfigWatcher", "load_config_file", "digest"]
+__all__ = ["ConfigWatcher", "digest", "load_config_file"]
 
 log = logging.getLogger("unsflow.engine.reload")
 
@@ -94,7 +94,7 @@ class ConfigWatcher:
             interval = self.pipeline.config.reload.interval
             try:
                 await asyncio.wait_for(self._wake.wait(), interval if interval > 0 else None)
-            except asyncio.TimeoutError:
+            except TimeoutError:
                 pass
             self._wake.clear()
             forced, self._forced = self._forced, False

@@ -323,7 +323,7 @@ class _Swap:
         limit = self.timeout if timeout == -1 else timeout
         try:
             await asyncio.wait_for(component.start(), limit)
-        except asyncio.TimeoutError:
+        except TimeoutError:
             await _stop(component)
             raise ReloadFailed(f"[{component.id}] did not start within {limit:g}s") from None
         except BaseException:
@@ -355,14 +355,16 @@ class _Swap:
                     {f: s.qos for f, s in old.subscriptions.items()}, timeout=self.timeout)
             for kind, name in self.stopped:
                 if kind == "processor":
-                    proc = p.build_processor(name, old.processors[name])  # type: ignore[index]
+                    assert name is not None
+                    proc = p.build_processor(name, old.processors[name])
                     await proc.start()
-                    p.processors[name] = proc  # type: ignore[index]
+                    p.processors[name] = proc
             for kind, name in self.stopped:
                 if kind == "target":
-                    path = p.build_path(name, old.targets[name])  # type: ignore[index]
+                    assert name is not None
+                    path = p.build_path(name, old.targets[name])
                     await path.target.start()
-                    p.paths[name] = path  # type: ignore[index]
+                    p.paths[name] = path
             _relink(p, old)
             for kind, name in self.stopped:
                 if kind == "source":

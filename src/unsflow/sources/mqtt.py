@@ -224,7 +224,7 @@ class MqttSource(Source):
         self._resume_reading()
         try:
             codes = await asyncio.wait_for(waiter, timeout)
-        except asyncio.TimeoutError:
+        except TimeoutError:
             raise NotConnected(f"no SUBACK within {timeout:g}s for "
                                f"{', '.join(changed)}", component_id=self.id) from None
         finally:
