@@ -115,3 +115,75 @@ async def test_changed_broker_settings_move_to_a_new_connection_losing_nothing(
     seqs = [r["seq"] for r in lines(tmp_path / "lake.jsonl")]
     assert set(seqs) == set(range(total))
     assert 0 < reloaded_at < total, "publishing did not span the reload"
+
+
+async def test_a_reload_that_fixes_a_stuck_target_gets_the_stuck_messages_again(
+        mqtt_broker, topic_prefix, tmp_path, monkeypatch):
+    """The old path never succeeds (its processor keeps failing), so the drain times out:
+    the stuck batches are cancelled unacknowledged, the source restarts on its persistent
+    session, and the broker delivers them again, now to the fixed path."""
+    monkeypatch.syspath_prepend(str(Path(__file__).parents[1]))
+    from plugins import engine_faults
+
+    engine_faults.state.update(calls=0, fail_first=10**9)
+    cid = topic_prefix.replace("/", "-")
+    subs = {f"{topic_prefix}/#": (1, "lake")}
+    base = config(mqtt_broker, tmp_path, subs, **{"client-id": cid})
+    broken = base.model_copy(update={
+        "processors": parse_config({
+            "targets": {"x": {"type": "file", "path": "x"}},
+            "processors": {"check": {"type": "python",
+                                     "function": "plugins.engine_faults:flaky"}},
+            "subscriptions": {"a": {"target": "x"}}}, env={}).processors,
+        "targets": {"lake": base.targets["lake"].model_copy(update={"processors": ["check"]})},
+        "shutdown_timeout": 1.0,
+    })
+    pipeline = Pipeline(broken, Context(env={}))
+    stop = asyncio.Event()
+    task = asyncio.create_task(pipeline.run(stop))
+    try:
+        await until(lambda: pipeline.running and pipeline.source.ready)
+        await publish(mqtt_broker, f"{topic_prefix}/x", 50)
+        await until(lambda: engine_faults.state["calls"] >= 2)
+        assert lines(tmp_path / "lake.jsonl") == []
+        plan = await pipeline.reload(base)
+        assert plan.sources_restarted and plan.processors["removed"] == ["check"]
+        await until(lambda: len(lines(tmp_path / "lake.jsonl")) >= 50)
+    finally:
+        stop.set()
+        await asyncio.wait_for(task, 30)
+    assert sorted(r["seq"] for r in lines(tmp_path / "lake.jsonl")) == list(range(50))
+    assert "checked" not in lines(tmp_path / "lake.jsonl")[0]
+
+
+async def test_stop_during_a_reload_that_waits_for_a_stuck_batch(mqtt_broker, topic_prefix,
+                                                                tmp_path, monkeypatch):
+    """SIGTERM wins over a reload still draining: the pipeline stops within its deadline."""
+    monkeypatch.syspath_prepend(str(Path(__file__).parents[1]))
+    from plugins import engine_faults
+
+    engine_faults.state.update(calls=0, fail_first=10**9)
+    subs = {f"{topic_prefix}/#": (1, "lake")}
+    base = config(mqtt_broker, tmp_path, subs)
+    broken = base.model_copy(update={
+        "processors": parse_config({
+            "targets": {"x": {"type": "file", "path": "x"}},
+            "processors": {"check": {"type": "python",
+                                     "function": "plugins.engine_faults:flaky"}},
+            "subscriptions": {"a": {"target": "x"}}}, env={}).processors,
+        "targets": {"lake": base.targets["lake"].model_copy(update={"processors": ["check"]})},
+        "shutdown_timeout": 3.0,
+    })
+    pipeline = Pipeline(broken, Context(env={}))
+    stop = asyncio.Event()
+    task = asyncio.create_task(pipeline.run(stop))
+    await until(lambda: pipeline.running and pipeline.source.ready)
+    await publish(mqtt_broker, f"{topic_prefix}/x", 5)
+    await until(lambda: engine_faults.state["calls"] >= 1)
+    reload = asyncio.create_task(pipeline.reload(base))
+    await asyncio.sleep(0.5)  # the reload is draining now
+    stop.set()
+    await asyncio.wait_for(task, 15)
+    assert reload.done() and reload.cancelled()
+    assert not pipeline.running and pipeline.generation == 1
+    assert not pipeline.source.ready  # disconnected
