@@ -64,6 +64,10 @@ def main(log_level: str, log_format: str) -> None:
 def run(config: str | None) -> None:
     """Run the pipeline of CONFIG (JSON or YAML) until SIGINT or SIGTERM.
 
+    A change of CONFIG's content (checked every reload.interval seconds, and at
+    once on SIGHUP) is validated and applied without a restart; an invalid one
+    is logged and the running config stays.
+
     Without CONFIG the pipeline comes from EDGE_SUBSCRIPTION_CONFIG (inline JSON),
     as in the reference Kubernetes manifest; EDGE_BROKER_HOST and EDGE_MQTT_PORT
     name the UNS broker.
