@@ -137,6 +137,10 @@ class ConfigWatcher:
             self.failed = now
             log.error("config %s (sha256 %s): %s", self.path, now[:12], exc)
             return "failed"
+        except RuntimeError:
+            if self.pipeline.running:
+                raise
+            return "waiting"  # the pipeline began to stop meanwhile
         self.current = now
         self.failed = None
         return "applied"
