@@ -249,3 +249,25 @@ def test_plan_keeps_the_uns_connection_unless_broker_settings_change(tmp_path):
 @pytest.fixture(autouse=True)
 def _plugins_on_path(monkeypatch):
     monkeypatch.syspath_prepend(str(Path(__file__).parents[1]))
+
+
+async def test_dead_letter_moves_with_the_config_and_its_count_goes_on(tmp_path):
+    path = tmp_path / "pipeline.json"
+    v1 = config_data(tmp_path, {"plant/#": "a"}, ("a", "dl"))
+    v1["dead-letter"] = {"path": str(tmp_path / "dead1.jsonl"), "target": "dl"}
+    path.write_text(json.dumps(v1))
+    bad = Message("plant/x", b"\xff", 1, received_at=time.time(), source_id="memory")
+    async with Running(path) as run:
+        run.source.push([bad])
+        await until(lambda: run.source.acked_batches == 1)
+        v2 = config_data(tmp_path, {"plant/#": "a"})
+        v2["dead-letter"] = {"path": str(tmp_path / "dead2.jsonl")}
+        path.write_text(json.dumps(v2))
+        assert await run.watcher.check() == "applied"
+        assert run.pipeline.dead_letter.target is None
+        run.source.push([bad])
+        await until(lambda: run.source.acked_batches == 2)
+        assert run.pipeline.dead_letter.count == 2
+    assert len(lines(tmp_path / "dl.jsonl")) == 1  # the dead-letter target of v1
+    assert [d["stage"] for d in lines(tmp_path / "dead2.jsonl")] == ["target:a"]
+    assert not (tmp_path / "dead1.jsonl").exists()

@@ -32,10 +32,10 @@ from __future__ import annotations
 import asyncio
 import logging
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from unsflow.config.models import PipelineConfig
-from unsflow.engine.deadletter import DeadLetter
 from unsflow.engine.topics import TopicMatcher
 from unsflow.errors import UnsflowError
 from unsflow.sources.base import Source
@@ -220,7 +220,6 @@ class _Swap:
         self.stopped: list[tuple[str, str | None]] = []
         # New components started so far, same keys.
         self.started: list[tuple[str, str | None]] = []
-        self.old_dead_letter = p.dead_letter
         self.subscriptions_updated = False
 
     async def run(self) -> None:
@@ -271,10 +270,8 @@ class _Swap:
 
     async def _start_new(self) -> None:
         p, new, plan = self.p, self.new, self.plan
-        if self.old.dead_letter != new.dead_letter:
-            dead_letter = DeadLetter(new.dead_letter.path)
-            dead_letter.count = p.dead_letter.count  # the metric is a counter: it goes on
-            p.dead_letter = dead_letter
+        # The same DeadLetter goes on (its counters are metrics); only where it writes changes.
+        p.dead_letter.path = Path(new.dead_letter.path)
         for name in plan.names("processors", "added", "replaced"):
             proc = p.build_processor(name, new.processors[name])
             await self._start(proc)
@@ -344,9 +341,7 @@ class _Swap:
                 await p._stop_target(p.paths.pop(name))  # type: ignore[arg-type]
             else:
                 await _stop(p.processors.pop(name))  # type: ignore[arg-type]
-        if p.dead_letter is not self.old_dead_letter:
-            self.old_dead_letter.count = p.dead_letter.count
-            p.dead_letter = self.old_dead_letter
+        p.dead_letter.path = Path(old.dead_letter.path)
         self.started = []
         try:
             uns = _uns(p)
@@ -377,10 +372,13 @@ class _Swap:
 
 
 def _relink(p: Pipeline, config: PipelineConfig) -> None:
-    """Kept targets get the processors (kept or new) and dead letter of ``config``."""
+    """Kept targets get the processors (kept or new) of ``config``; the dead letter its
+    target (``dead-letter.target``), which may be a new one."""
     for name, path in p.paths.items():
         path.processors = [p.processors[x] for x in config.targets[name].processors]
         path.dead_letter = p.dead_letter
+    name = config.dead_letter.target
+    p.dead_letter.target = p.paths[name].target if name is not None else None
 
 
 async def _stop(component: Any) -> None:
