@@ -219,10 +219,12 @@ def test_8_config_reload_during_load(own_mqtt_broker, tmp_path):
     reloaded = next(line for line in proc.lines if "config reloaded" in line)
     assert "+plant/line2/#" in reloaded and "~datalake" in reloaded and "+line2-lake" in reloaded
     assert "UNS connection kept" in reloaded
+    paused = reloaded.split("reading paused ")[1].split(")")[0]
     assert proc.output.count("connected to") == 1, "the reload reconnected to the broker"
     assert set(seqs(line2_rows, line2)) == set(range(2000))
     report_scenario("8. config reload during load", TOTAL, seqs(rows, line1),
                     dead_letter_seqs(tmp_path / "deadletter.jsonl"),
                     note=f"invalid config rejected at ~{rejected_rows} rows, reloaded after "
-                         f"{reloaded_at} published; second subscription: 2000/2000")
+                         f"{reloaded_at} published (reading paused {paused}); second "
+                         "subscription: 2000/2000")
     assert 0 < reloaded_at < TOTAL, "publishing did not span the reload; nothing proved"

@@ -191,6 +191,11 @@ class Pipeline:
         if self._fatal is not None and not self._fatal.done():
             self._fatal.set_exception(exc)
 
+    @property
+    def stopping_on_error(self) -> bool:
+        """A reader or a reload rollback failed: ``run`` is about to raise."""
+        return self._fatal is not None and self._fatal.done()
+
     async def reload(self, config: PipelineConfig, config_hash: str | None = None) -> Any:
         """Swap to ``config`` without a restart (see :func:`unsflow.engine.swap.apply`).
 

@@ -31,6 +31,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -68,6 +69,7 @@ class ReloadPlan:
     targets: dict[str, list[str]] = field(default_factory=dict)
     settings: list[str] = field(default_factory=list)
     sources_restarted: bool = False  # the drain timed out: every source started afresh
+    paused_seconds: float = 0.0  # how long the sources were not read (applied reloads)
 
     @property
     def changed(self) -> bool:
@@ -164,6 +166,7 @@ async def apply(p: Pipeline, new: PipelineConfig, config_hash: str | None = None
             p.config_hash = config_hash
         log.info("config file changed, but not the config: nothing to reload")
         return plan
+    began = time.monotonic()
     await p.stop_readers()
     try:
         plan.sources_restarted = not await _drain(p, old.shutdown_timeout)
@@ -171,6 +174,9 @@ async def apply(p: Pipeline, new: PipelineConfig, config_hash: str | None = None
             await _Swap(p, old, new, plan).run()
         except Exception as exc:
             p.reloads["failed"] += 1
+            if p.stopping_on_error:
+                raise ReloadFailed(f"the new config could not start ({exc}), nor the previous "
+                                   "one again: stopping") from exc
             raise ReloadFailed(f"the new config could not start ({exc}); the previous config "
                                f"(generation {p.generation}) runs on") from exc
     except BaseException:
@@ -178,12 +184,14 @@ async def apply(p: Pipeline, new: PipelineConfig, config_hash: str | None = None
             p.start_readers()
         raise
     p.start_readers()
+    plan.paused_seconds = time.monotonic() - began
     p.generation += 1
     if config_hash:
         p.config_hash = config_hash
     p.reloads["applied"] += 1
-    log.info("config reloaded (generation %d%s): %s", p.generation,
-             f", sha256 {config_hash[:12]}" if config_hash else "", plan.describe())
+    log.info("config reloaded (generation %d%s, reading paused %.2fs): %s", p.generation,
+             f", sha256 {config_hash[:12]}" if config_hash else "", plan.paused_seconds,
+             plan.describe())
     return plan
 
 
