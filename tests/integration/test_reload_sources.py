@@ -1,6 +1,9 @@
-"""Reloading a pipeline subscribed to a real Mosquitto: the connection and session stay,
-subscriptions follow the config; changed broker settings move to a new connection on the
-same session without losing what was published meanwhile."""
+"""Reloading a pipeline that reads a real Mosquitto or Kafka.
+
+MQTT: the connection and session stay and subscriptions follow the config; changed broker
+settings move to a new connection on the same session without losing what was published
+meanwhile; a stuck batch is delivered again after the reload. Kafka: an unchanged source
+is kept, a changed one goes on from the committed offsets."""
 
 from __future__ import annotations
 
@@ -187,3 +190,52 @@ async def test_stop_during_a_reload_that_waits_for_a_stuck_batch(mqtt_broker, to
     assert reload.done() and reload.cancelled()
     assert not pipeline.running and pipeline.generation == 1
     assert not pipeline.source.ready  # disconnected
+
+
+async def test_kafka_source_kept_when_unchanged_replaced_when_changed(kafka, kafka_topic,
+                                                                      tmp_path):
+    """A Kafka source (``sources``) is kept across a reload that does not touch it; a
+    changed one commits what was acknowledged, and the new one goes on from there."""
+    from confluent_kafka import Producer
+
+    kafka.create_topic(kafka_topic)
+
+    def produce(start: int, count: int) -> None:
+        producer = Producer(kafka.client_config())
+        for seq in range(start, start + count):
+            producer.produce(kafka_topic, json.dumps({"seq": seq}).encode())
+        assert producer.flush(30) == 0
+
+    def cfg(max_poll: int, targets: tuple[str, ...] = ("lake",)):
+        return parse_config({
+            "targets": {t: {"type": "file", "path": str(tmp_path / f"{t}.jsonl")}
+                        for t in targets},
+            "sources": {"plant-kafka": {"type": "kafka", "bootstrap-servers": kafka.bootstrap,
+                                        "group-id": kafka_topic, "topics": [kafka_topic],
+                                        "auto-offset-reset": "earliest",
+                                        "max-poll-records": max_poll, "target": "lake"}},
+            "dead-letter": {"path": str(tmp_path / "dead.jsonl")},
+            "http": {"port": 0},
+        }, env={})
+
+    pipeline = Pipeline(cfg(500), Context(env={}))
+    stop = asyncio.Event()
+    task = asyncio.create_task(pipeline.run(stop))
+    try:
+        await until(lambda: pipeline.running and pipeline.source.ready, 60)
+        first = pipeline.source
+        produce(0, 300)
+        await until(lambda: len(lines(tmp_path / "lake.jsonl")) >= 300, 60)
+        plan = await pipeline.reload(cfg(500, ("lake", "spare")))
+        assert plan.sources == {"added": [], "removed": [], "replaced": []}
+        assert pipeline.source is first
+        plan = await pipeline.reload(cfg(100, ("lake", "spare")))
+        assert plan.sources["replaced"] == ["plant-kafka"] and pipeline.source is not first
+        await until(lambda: pipeline.source.ready, 60)
+        produce(300, 300)
+        await until(lambda: len(lines(tmp_path / "lake.jsonl")) >= 600, 60)
+    finally:
+        stop.set()
+        await asyncio.wait_for(task, 60)
+    seqs = [r["seq"] for r in lines(tmp_path / "lake.jsonl")]
+    assert sorted(set(seqs)) == list(range(600)) and len(seqs) == 600
