@@ -73,6 +73,14 @@ async def until(condition, timeout: float = 10.0) -> None:
         await asyncio.sleep(0.01)
 
 
+def metrics_text(pipeline: Pipeline) -> str:
+    from prometheus_client import generate_latest
+
+    from unsflow.engine.metrics import pipeline_registry
+
+    return generate_latest(pipeline_registry(pipeline)).decode()
+
+
 def k8s_configmap(root: Path, name: str, data: dict, version: int) -> Path:
     """Write ``data`` the way the kubelet updates a ConfigMap volume: a new timestamped
     directory, then an atomic swap of the ``..data`` symlink. Returns the file path."""
@@ -109,6 +117,10 @@ async def test_configmap_symlink_swap_is_detected_and_applied(tmp_path, cm):
         assert run.pipeline.generation == 2
         assert run.pipeline.config_hash == digest(path.read_bytes())
         assert run.pipeline.reloads == {"applied": 1, "rejected": 0, "failed": 0}
+        scrape = metrics_text(run.pipeline)
+        assert 'unsflow_config_reloads_total{result="applied"} 1.0' in scrape
+        assert "unsflow_config_generation 2.0" in scrape
+        assert f'unsflow_config_info{{sha256="{digest(path.read_bytes())}"}} 1.0' in scrape
         run.source.push([msg("plant/b/x", 1), msg("plant/a/x", 2)])
         await until(lambda: run.source.acked_batches == 1)
         assert await run.watcher.check() == "unchanged"
@@ -133,6 +145,7 @@ async def test_invalid_config_is_rejected_with_key_paths_and_old_one_keeps_runni
         assert "targets.a.fsync" in errors
         assert run.pipeline.reloads["rejected"] == 1
         assert run.pipeline.generation == 1
+        assert 'unsflow_config_reloads_total{result="rejected"} 1.0' in metrics_text(run.pipeline)
         # Still running the old config: messages flow to target a.
         run.source.push([msg("plant/x", 1)])
         await until(lambda: run.source.acked_batches == 1)
