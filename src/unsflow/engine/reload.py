@@ -110,6 +110,8 @@ class ConfigWatcher:
             return "unreadable"
         now = digest(data)
         if now == self.current:
+            # Back to the running content: a rejected or failed one written again is news.
+            self.rejected = self.failed = None
             if forced:
                 log.info("config %s unchanged (sha256 %s): nothing to reload", self.path, now[:12])
             return "unchanged"
