@@ -239,3 +239,34 @@ async def test_kafka_source_kept_when_unchanged_replaced_when_changed(kafka, kaf
         await asyncio.wait_for(task, 60)
     seqs = [r["seq"] for r in lines(tmp_path / "lake.jsonl")]
     assert sorted(set(seqs)) == list(range(600)) and len(seqs) == 600
+
+
+async def test_reload_while_the_broker_is_down_applies_on_reconnect(own_mqtt_broker, tmp_path):
+    """With the broker away the new filters are recorded; on reconnect the removed one is
+    unsubscribed from the persistent session and the new one subscribed."""
+    broker = own_mqtt_broker
+    old = config(broker, tmp_path, {"plant/a/#": (1, "ta")},
+                 **{"client-id": "reload-offline", "reconnect-max": 1.0})
+    pipeline = Pipeline(old, Context(env={}))
+    stop = asyncio.Event()
+    task = asyncio.create_task(pipeline.run(stop))
+    try:
+        await until(lambda: pipeline.running and pipeline.source.ready)
+        src = pipeline.source
+        await asyncio.to_thread(broker.stop)
+        await until(lambda: not src.ready)
+        new = config(broker, tmp_path, {"plant/b/#": (1, "tb")},
+                     **{"client-id": "reload-offline", "reconnect-max": 1.0})
+        plan = await pipeline.reload(new)
+        assert plan.uns == "kept" and pipeline.source is src
+        await asyncio.to_thread(broker.start)
+        await until(lambda: src.ready, 60)
+        await publish(broker, "plant/a/x", 20)
+        await publish(broker, "plant/b/x", 20)
+        await until(lambda: len(lines(tmp_path / "tb.jsonl")) >= 20)
+        await asyncio.sleep(0.5)
+    finally:
+        stop.set()
+        await asyncio.wait_for(task, 30)
+    assert sorted(r["seq"] for r in lines(tmp_path / "tb.jsonl")) == list(range(20))
+    assert lines(tmp_path / "ta.jsonl") == [] and src.received == 20
