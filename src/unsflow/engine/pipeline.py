@@ -201,7 +201,8 @@ class Pipeline:
 
         Returns the :class:`~unsflow.engine.swap.ReloadPlan` applied; raises
         :class:`~unsflow.engine.swap.ReloadFailed` when the new components
-        could not start (the old config is running again).
+        could not start (the old config is running again). Call it from a task
+        of its own (the config watcher's): a stop cancels that task.
         """
         from unsflow.engine.swap import apply
 
