@@ -132,6 +132,7 @@ def test_3_mosquitto_stopped_and_restarted_during_load(own_mqtt_broker, tmp_path
         # unsflow noticed the outage and came back by itself.
         assert "disconnected from broker" in proc.output
         proc.wait_for_log("connected to", count=2)
+        proc.wait_for_log("subscribed:", count=2)
     finally:
         code = proc.terminate()
         publisher.join(5)
