@@ -270,3 +270,35 @@ async def test_reload_while_the_broker_is_down_applies_on_reconnect(own_mqtt_bro
         await asyncio.wait_for(task, 30)
     assert sorted(r["seq"] for r in lines(tmp_path / "tb.jsonl")) == list(range(20))
     assert lines(tmp_path / "ta.jsonl") == [] and src.received == 20
+
+
+async def test_a_new_broker_that_cannot_be_reached_rolls_back_to_the_old_one(
+        mqtt_broker, topic_prefix, tmp_path):
+    """A changed broker address that does not answer: the new source is given up after
+    shutdown-timeout, the old connection comes back on its session, data flows on."""
+    from tests.conftest import _free_ports
+
+    subs = {f"{topic_prefix}/#": (1, "lake")}
+    cid = topic_prefix.replace("/", "-")
+    old = config(mqtt_broker, tmp_path, subs, **{"client-id": cid}).model_copy(
+        update={"shutdown_timeout": 2.0})
+    pipeline = Pipeline(old, Context(env={}))
+    stop = asyncio.Event()
+    task = asyncio.create_task(pipeline.run(stop))
+    try:
+        await until(lambda: pipeline.running and pipeline.source.ready)
+        (nobody,) = _free_ports(1)
+        moved = old.model_copy(update={"mqtt_broker": old.mqtt_broker.model_copy(
+            update={"port": nobody})})
+        from unsflow.engine.swap import ReloadFailed
+
+        with pytest.raises(ReloadFailed, match="did not start within 2s"):
+            await pipeline.reload(moved)
+        assert pipeline.config is old and pipeline.reloads["failed"] == 1
+        await until(lambda: pipeline.source.ready)
+        await publish(mqtt_broker, f"{topic_prefix}/x", 50)
+        await until(lambda: len(lines(tmp_path / "lake.jsonl")) >= 50)
+    finally:
+        stop.set()
+        await asyncio.wait_for(task, 30)
+    assert pipeline.source.broker.port == mqtt_broker.port

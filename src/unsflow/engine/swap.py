@@ -305,7 +305,9 @@ class _Swap:
                 await self._start_source(name, new)
 
     async def _start_source(self, name: str | None, config: PipelineConfig,
-                            timeout: float | None = None) -> None:
+                            timeout: float | None = -1) -> None:
+        """Build and start a source of ``config`` (the UNS one for ``name`` None) within
+        ``timeout`` (-1: shutdown-timeout; None: as long as it takes, as at startup)."""
         from unsflow.engine.pipeline import build_source
 
         p = self.p
