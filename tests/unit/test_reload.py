@@ -284,3 +284,23 @@ async def test_dead_letter_moves_with_the_config_and_its_count_goes_on(tmp_path)
     assert len(lines(tmp_path / "dl.jsonl")) == 1  # the dead-letter target of v1
     assert [d["stage"] for d in lines(tmp_path / "dead2.jsonl")] == ["target:a"]
     assert not (tmp_path / "dead1.jsonl").exists()
+
+
+async def test_http_endpoints_move_with_the_config(tmp_path):
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    path = tmp_path / "pipeline.json"
+    path.write_text(json.dumps(config_data(tmp_path, {"plant/#": "a"})))
+    async with Running(path) as run:
+        assert run.pipeline.http is None  # port 0: off
+        path.write_text(json.dumps(config_data(tmp_path, {"plant/#": "a"},
+                                               http={"host": "127.0.0.1", "port": port})))
+        assert await run.watcher.check() == "applied"
+        reader, writer = await asyncio.open_connection("127.0.0.1", port)
+        writer.write(b"GET /metrics HTTP/1.1\r\nHost: x\r\n\r\n")
+        answer = (await reader.read()).decode()
+        writer.close()
+    assert answer.startswith("HTTP/1.1 200") and "unsflow_config_generation 2.0" in answer
