@@ -197,8 +197,8 @@ def test_8_config_reload_during_load(own_mqtt_broker, tmp_path):
         assert len(rows) >= 1000, proc.output[-3000:]
 
         write_configmap(configmap, invalid, 2)
-        proc.wait_for_log("rejected", timeout=15)
-        assert "subscriptions.plant/line2/#.target: expected the name of a target" in proc.output
+        proc.wait_for_log("rejected: subscriptions.plant/line2/#.target: expected the name "
+                          "of a target", timeout=15)
         rejected_rows = len(wait_for_rows(tmp_path / "datalake", lambda r: True))
         # Data keeps flowing on the running config.
         rows = wait_for_rows(tmp_path / "datalake", lambda r: len(r) >= rejected_rows + 1000,
