@@ -297,12 +297,16 @@ class _Swap:
             await uns.update_subscriptions({f: s.qos for f, s in new.subscriptions.items()},
                                            timeout=self.timeout)
             uns.batch_size = new.batch_size  # type: ignore[attr-defined]
+        # A source with new settings gets shutdown-timeout to connect (then the old one comes
+        # back); one restarted unchanged (the drain timed out) takes as long as at startup.
         stopped = set(self.stopped)
         if uns is None and new.subscriptions:
-            await self._start_source(None, new)
+            await self._start_source(None, new,
+                                     -1 if plan.uns in ("added", "replaced") else None)
+        changed = plan.names("sources", "added", "replaced")
         for name in new.sources:
-            if ("source", name) in stopped or name in plan.names("sources", "added"):
-                await self._start_source(name, new)
+            if ("source", name) in stopped or name in changed:
+                await self._start_source(name, new, -1 if name in changed else None)
 
     async def _start_source(self, name: str | None, config: PipelineConfig,
                             timeout: float | None = -1) -> None:
