@@ -25,7 +25,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from unsflow import registry
 from unsflow.components import Context
@@ -38,6 +38,9 @@ from unsflow.engine.topics import TopicMatcher
 from unsflow.message import Message
 from unsflow.processors.base import Processor
 from unsflow.sources.base import Source
+
+if TYPE_CHECKING:
+    from unsflow.engine.swap import ReloadPlan
 
 __all__ = ["Pipeline", "build_source", "build_spool"]
 
@@ -196,7 +199,8 @@ class Pipeline:
         """A reader or a reload rollback failed: ``run`` is about to raise."""
         return self._fatal is not None and self._fatal.done()
 
-    async def reload(self, config: PipelineConfig, config_hash: str | None = None) -> Any:
+    async def reload(self, config: PipelineConfig, config_hash: str | None = None,
+                     ) -> ReloadPlan:
         """Swap to ``config`` without a restart (see :func:`unsflow.engine.swap.apply`).
 
         Returns the :class:`~unsflow.engine.swap.ReloadPlan` applied; raises

@@ -313,13 +313,15 @@ class _Swap:
         """Build and start a source of ``config`` (the UNS one for ``name`` None) within
         ``timeout`` (-1: shutdown-timeout; None: as long as it takes, as at startup)."""
         from unsflow.engine.pipeline import build_source
+        from unsflow.sources.mqtt import MqttSource
 
         p = self.p
         if name is None:
             src = build_source(config, p.context)
             # A persistent session keeps filters the old source had: drop the removed ones.
             gone = set(self.old.subscriptions) | set(self.new.subscriptions)
-            src._unsubscribe_pending.update(gone - set(config.subscriptions))  # type: ignore[attr-defined]
+            if isinstance(src, MqttSource):
+                src.unsubscribe_on_connect(gone - set(config.subscriptions))
             await self._start(src, timeout)
             p.sources.insert(0, (src, None))
         else:
@@ -391,8 +393,8 @@ def _relink(p: Pipeline, config: PipelineConfig) -> None:
     for name, path in p.paths.items():
         path.processors = [p.processors[x] for x in config.targets[name].processors]
         path.dead_letter = p.dead_letter
-    name = config.dead_letter.target
-    p.dead_letter.target = p.paths[name].target if name is not None else None
+    dl_target = config.dead_letter.target
+    p.dead_letter.target = p.paths[dl_target].target if dl_target is not None else None
 
 
 async def _stop(component: Any) -> None:

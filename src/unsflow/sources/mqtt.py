@@ -237,6 +237,11 @@ class MqttSource(Source):
                                f"(codes {[c for c in codes if c >= 128]}): check ACLs and filters",
                                component_id=self.id)
 
+    def unsubscribe_on_connect(self, filters: set[str]) -> None:
+        """Unsubscribe ``filters`` when connected: a persistent session may still hold
+        filters an earlier source of this client id had (a reload replacing the source)."""
+        self._unsubscribe_pending.update(filters)
+
     # -- gmqtt callbacks -------------------------------------------------------
 
     def _on_connect(self, client: Any, flags: Any, rc: Any, properties: Any) -> None:
