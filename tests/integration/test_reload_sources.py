@@ -18,7 +18,7 @@ import pytest
 from unsflow.components import Context
 from unsflow.config.loading import parse_config
 from unsflow.engine.pipeline import Pipeline
-from unsflow.testing import publish_numbered
+from unsflow.testing import numbered_payload, publish, publish_numbered
 
 pytestmark = pytest.mark.integration
 
@@ -38,14 +38,14 @@ def config(broker, tmp_path: Path, subs: dict[str, tuple[int, str]], **broker_ex
     }, env={})
 
 
-async def until(condition, timeout: float = 20.0) -> None:
+async def until(condition, timeout: float = 60.0) -> None:
     deadline = time.monotonic() + timeout
     while not condition():
         assert time.monotonic() < deadline, "condition not reached"
         await asyncio.sleep(0.05)
 
 
-async def publish(broker, topic: str, count: int, start: int = 0) -> int:
+async def publish_seq(broker, topic: str, count: int, start: int = 0) -> int:
     return await asyncio.to_thread(publish_numbered, broker.host, broker.port, topic, count,
                                    qos=1, start=start)
 
@@ -59,7 +59,7 @@ async def test_subscriptions_change_on_the_same_connection(mqtt_broker, topic_pr
         await until(lambda: pipeline.running and pipeline.source.ready)
         src = pipeline.source
         connection = src._handler.current_connection
-        await publish(mqtt_broker, f"{a}/x", 100)
+        await publish_seq(mqtt_broker, f"{a}/x", 100)
         await until(lambda: len(lines(tmp_path / "ta.jsonl")) >= 100)
 
         new = config(mqtt_broker, tmp_path, {f"{b}/#": (2, "tb")})
@@ -67,8 +67,8 @@ async def test_subscriptions_change_on_the_same_connection(mqtt_broker, topic_pr
         assert plan.uns == "kept" and plan.subscriptions_added == [f"{b}/#"]
         assert pipeline.source is src and src._handler.current_connection is connection
         assert src.subscriptions == {f"{b}/#": 2}
-        await publish(mqtt_broker, f"{a}/x", 100, start=100)  # unsubscribed: not delivered
-        await publish(mqtt_broker, f"{b}/x", 100)
+        await publish_seq(mqtt_broker, f"{a}/x", 100, start=100)  # unsubscribed: not delivered
+        await publish_seq(mqtt_broker, f"{b}/x", 100)
         await until(lambda: len(lines(tmp_path / "tb.jsonl")) >= 100)
         await asyncio.sleep(0.5)
         received = src.received
@@ -91,33 +91,38 @@ async def test_changed_broker_settings_move_to_a_new_connection_losing_nothing(
     stop = asyncio.Event()
     task = asyncio.create_task(pipeline.run(stop))
     total = 6000
-    published = {"n": 0}
+    position = {"n": 0}
+    acked: list[int] = []
 
-    def publish_all() -> None:
-        for start in range(0, total, 300):
-            published["n"] += publish_numbered(mqtt_broker.host, mqtt_broker.port, topic, 300,
-                                               qos=1, start=start)
-            time.sleep(0.05)
+    def paced():
+        for seq in range(total):
+            if seq and seq % 300 == 0:
+                time.sleep(0.05)
+            position["n"] = seq
+            yield topic, numbered_payload(seq)
 
-    publisher = threading.Thread(target=publish_all)
+    # One publisher connection (a loaded shared broker can take seconds per CONNACK).
+    publisher = threading.Thread(target=lambda: acked.append(
+        publish(mqtt_broker.host, mqtt_broker.port, paced(), qos=1, timeout=300)))
     try:
         await until(lambda: pipeline.running and pipeline.source.ready)
         old_source = pipeline.source
         publisher.start()
-        await until(lambda: len(lines(tmp_path / "lake.jsonl")) >= 1000)
+        await until(lambda: len(lines(tmp_path / "lake.jsonl")) >= 1000, 60)
         new = config(mqtt_broker, tmp_path, subs, **{"client-id": cid, "keepalive": 30})
         plan = await pipeline.reload(new)
-        reloaded_at = published["n"]
+        reloaded_at = position["n"]
         assert plan.uns == "replaced" and pipeline.source is not old_source
-        await asyncio.to_thread(publisher.join, 120)
-        await until(lambda: len({r["seq"] for r in lines(tmp_path / "lake.jsonl")}) >= total, 60)
+        await asyncio.to_thread(publisher.join, 300)
+        assert acked == [total]
+        await until(lambda: len({r["seq"] for r in lines(tmp_path / "lake.jsonl")}) >= total, 120)
     finally:
         stop.set()
         await asyncio.wait_for(task, 30)
         publisher.join(5)
     seqs = [r["seq"] for r in lines(tmp_path / "lake.jsonl")]
     assert set(seqs) == set(range(total))
-    assert 0 < reloaded_at < total, "publishing did not span the reload"
+    assert 0 < reloaded_at < total - 1, "publishing did not span the reload"
 
 
 async def test_a_reload_that_fixes_a_stuck_target_gets_the_stuck_messages_again(
@@ -146,7 +151,7 @@ async def test_a_reload_that_fixes_a_stuck_target_gets_the_stuck_messages_again(
     task = asyncio.create_task(pipeline.run(stop))
     try:
         await until(lambda: pipeline.running and pipeline.source.ready)
-        await publish(mqtt_broker, f"{topic_prefix}/x", 50)
+        await publish_seq(mqtt_broker, f"{topic_prefix}/x", 50)
         await until(lambda: engine_faults.state["calls"] >= 2)
         assert lines(tmp_path / "lake.jsonl") == []
         plan = await pipeline.reload(base)
@@ -181,7 +186,7 @@ async def test_stop_during_a_reload_that_waits_for_a_stuck_batch(mqtt_broker, to
     stop = asyncio.Event()
     task = asyncio.create_task(pipeline.run(stop))
     await until(lambda: pipeline.running and pipeline.source.ready)
-    await publish(mqtt_broker, f"{topic_prefix}/x", 5)
+    await publish_seq(mqtt_broker, f"{topic_prefix}/x", 5)
     await until(lambda: engine_faults.state["calls"] >= 1)
     reload = asyncio.create_task(pipeline.reload(base))
     await asyncio.sleep(0.5)  # the reload is draining now
@@ -261,8 +266,8 @@ async def test_reload_while_the_broker_is_down_applies_on_reconnect(own_mqtt_bro
         assert plan.uns == "kept" and pipeline.source is src
         await asyncio.to_thread(broker.start)
         await until(lambda: src.ready, 60)
-        await publish(broker, "plant/a/x", 20)
-        await publish(broker, "plant/b/x", 20)
+        await publish_seq(broker, "plant/a/x", 20)
+        await publish_seq(broker, "plant/b/x", 20)
         await until(lambda: len(lines(tmp_path / "tb.jsonl")) >= 20)
         await asyncio.sleep(0.5)
     finally:
@@ -296,7 +301,7 @@ async def test_a_new_broker_that_cannot_be_reached_rolls_back_to_the_old_one(
             await pipeline.reload(moved)
         assert pipeline.config is old and pipeline.reloads["failed"] == 1
         await until(lambda: pipeline.source.ready)
-        await publish(mqtt_broker, f"{topic_prefix}/x", 50)
+        await publish_seq(mqtt_broker, f"{topic_prefix}/x", 50)
         await until(lambda: len(lines(tmp_path / "lake.jsonl")) >= 50)
     finally:
         stop.set()
