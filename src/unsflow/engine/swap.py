@@ -42,6 +42,7 @@ from unsflow.errors import UnsflowError
 from unsflow.sources.base import Source
 
 if TYPE_CHECKING:
+    from unsflow.engine.path import TargetPath
     from unsflow.engine.pipeline import Pipeline
 
 __all__ = ["ReloadFailed", "ReloadPlan", "apply", "plan_reload"]
@@ -49,7 +50,8 @@ __all__ = ["ReloadFailed", "ReloadPlan", "apply", "plan_reload"]
 log = logging.getLogger("unsflow.engine.reload")
 
 # Top-level keys that change no component; they take effect at the swap.
-_SETTINGS = ("batch_size", "max_in_flight", "shutdown_timeout", "http", "dead_letter", "reload")
+_SETTINGS = ("batch_size", "max_in_flight", "shutdown_timeout", "http", "dead_letter", "reload",
+             "spool")
 
 
 class ReloadFailed(UnsflowError):
@@ -148,6 +150,10 @@ def plan_reload(old: PipelineConfig, new: PipelineConfig, uns: Source | None = N
     plan.sources = _diff(dict(old.sources), dict(new.sources))
     plan.processors = _diff(dict(old.processors), dict(new.processors))
     plan.targets = _diff(dict(old.targets), dict(new.targets))
+    if old.spool != new.spool:  # every spooling target opens its spool anew
+        plan.targets["replaced"] = sorted(
+            set(plan.targets["replaced"]) | {n for n in set(old.targets) & set(new.targets)
+                                             if old.targets[n].spool or new.targets[n].spool})
     plan.settings += [k for k in _SETTINGS if getattr(old, k) != getattr(new, k)]
     return plan
 
@@ -268,7 +274,11 @@ class _Swap:
         for name in plan.names("targets", "removed", "replaced"):
             path = p.paths.pop(name)
             self.stopped.append(("target", name))
-            await p._stop_target(path)
+            if name in plan.targets["removed"] and path.spool is not None and not path.spool.empty:
+                log.warning("[spool:%s] target removed with %d spooled message(s) in %s; they "
+                            "stay there until a target of that name drains them", name,
+                            path.spool.messages, path.spool.directory)
+            await _PathLife(p, path, self.timeout).stop()
         for name in plan.names("processors", "removed", "replaced"):
             proc = p.processors.pop(name)
             self.stopped.append(("processor", name))
@@ -286,8 +296,8 @@ class _Swap:
             p.processors[name] = proc
             self.started.append(("processor", name))
         for name in plan.names("targets", "added", "replaced"):
-            path = p.build_path(name, new.targets[name])
-            await self._start(path.target)
+            path = p.build_path(name, new)
+            await self._start(_PathLife(p, path, self.timeout))
             p.paths[name] = path
             self.started.append(("target", name))
         _relink(p, new)
@@ -354,7 +364,7 @@ class _Swap:
                 p.sources = [(s, f) for s, f in p.sources if s is not src]
                 await _stop(src)
             elif kind == "target":
-                await p._stop_target(p.paths.pop(name))  # type: ignore[arg-type]
+                await _PathLife(p, p.paths.pop(name), self.timeout).stop()  # type: ignore[arg-type]
             else:
                 await _stop(p.processors.pop(name))  # type: ignore[arg-type]
         p.dead_letter.path = Path(old.dead_letter.path)
@@ -373,8 +383,8 @@ class _Swap:
             for kind, name in self.stopped:
                 if kind == "target":
                     assert name is not None
-                    path = p.build_path(name, old.targets[name])
-                    await path.target.start()
+                    path = p.build_path(name, old)
+                    await _PathLife(p, path, self.timeout).start()
                     p.paths[name] = path
             _relink(p, old)
             for kind, name in self.stopped:
@@ -385,6 +395,24 @@ class _Swap:
                          "stopping", exc)
             p.fail(exc)
             raise
+
+
+class _PathLife:
+    """Start and stop of a target path as one component: the target, then its spool
+    (opened, indexing what an earlier path of the same name left, and drained)."""
+
+    def __init__(self, p: Pipeline, path: TargetPath, timeout: float) -> None:
+        self.p, self.path, self.timeout = p, path, timeout
+        self.id = path.id
+
+    async def start(self) -> None:
+        await self.path.target.start()
+        await self.path.start_spool()
+
+    async def stop(self) -> None:
+        # As at shutdown: a drainer's write in progress gets a tenth of the deadline.
+        await self.path.stop_spool(self.timeout * 0.1)
+        await self.p._stop_target(self.path)
 
 
 def _relink(p: Pipeline, config: PipelineConfig) -> None:
