@@ -34,6 +34,7 @@ def config(broker, tmp_path: Path, subs: dict[str, tuple[int, str]], **broker_ex
         "targets": {t: {"type": "file", "path": str(tmp_path / f"{t}.jsonl")} for t in targets},
         "subscriptions": {f: {"qos": q, "target": t} for f, (q, t) in subs.items()},
         "dead-letter": {"path": str(tmp_path / "dead.jsonl")},
+        "spool": {"path": str(tmp_path / "spool")},
         "http": {"port": 0},
     }, env={})
 

@@ -39,6 +39,7 @@ def config_data(tmp_path: Path, subs: dict, targets: tuple[str, ...] = ("a",), *
         "targets": {t: {"type": "file", "path": str(tmp_path / f"{t}.jsonl")} for t in targets},
         "subscriptions": {f: {"qos": 1, "target": t} for f, t in subs.items()},
         "dead-letter": {"path": str(tmp_path / "dead.jsonl")},
+        "spool": {"path": str(tmp_path / "spool")},
         "http": {"port": 0},
         "reload": {"interval": 0},
     }
@@ -257,6 +258,8 @@ def test_plan_keeps_the_uns_connection_unless_broker_settings_change(tmp_path):
     assert plan_reload(old, cred, uns).uns == "replaced"
     same = plan_reload(old, parse_config(base, env={}), uns)
     assert not same.changed and same.describe() == "nothing"
+    spool = plan_reload(old, parse_config({**base, "spool": {"max-bytes": 10**6}}, env={}), uns)
+    assert spool.targets["replaced"] == ["a"] and "spool" in spool.settings
 
 
 @pytest.fixture(autouse=True)
@@ -304,3 +307,25 @@ async def test_http_endpoints_move_with_the_config(tmp_path):
         answer = (await reader.read()).decode()
         writer.close()
     assert answer.startswith("HTTP/1.1 200") and "unsflow_config_generation 2.0" in answer
+
+
+async def test_an_added_target_drains_its_spool_and_a_replaced_one_reopens_it(tmp_path):
+    from unsflow.engine.spool import Spool
+
+    leftover = Spool(tmp_path / "spool", "b", max_bytes=10**6, max_age=None)
+    leftover.open()
+    await leftover.append([msg("plant/b/x", n) for n in (7, 8)])
+    leftover.close()
+    path = tmp_path / "pipeline.json"
+    path.write_text(json.dumps(config_data(tmp_path, {"plant/a/#": "a"})))
+    async with Running(path) as run:
+        v2 = config_data(tmp_path, {"plant/a/#": "a", "plant/b/#": "b"}, ("a", "b"))
+        v2["targets"]["a"]["fsync"] = False  # a is replaced: its spool closed, then reopened
+        path.write_text(json.dumps(v2))
+        assert await run.watcher.check() == "applied"
+        assert run.pipeline.paths["a"].spool is not None
+        await until(lambda: len(lines(tmp_path / "b.jsonl")) == 2)
+        run.source.push([msg("plant/a/x", 1), msg("plant/b/x", 9)])
+        await until(lambda: run.source.acked_batches == 1)
+    assert [r["n"] for r in lines(tmp_path / "b.jsonl")] == [7, 8, 9]
+    assert [r["n"] for r in lines(tmp_path / "a.jsonl")] == [1]
