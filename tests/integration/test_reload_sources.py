@@ -18,7 +18,7 @@ import pytest
 from unsflow.components import Context
 from unsflow.config.loading import parse_config
 from unsflow.engine.pipeline import Pipeline
-from unsflow.testing import numbered_payload, publish, publish_numbered
+from unsflow.testing import end_session, numbered_payload, publish, publish_numbered
 
 pytestmark = pytest.mark.integration
 
@@ -37,6 +37,15 @@ def config(broker, tmp_path: Path, subs: dict[str, tuple[int, str]], **broker_ex
         "spool": {"path": str(tmp_path / "spool")},
         "http": {"port": 0},
     }, env={})
+
+
+@pytest.fixture
+def session_id(mqtt_broker, topic_prefix):
+    """A fixed client id for a persistent session on the shared broker, ended afterwards
+    (a session nobody resumes would stay on the broker for a day)."""
+    cid = topic_prefix.replace("/", "-")
+    yield cid
+    end_session(mqtt_broker.host, mqtt_broker.port, cid)
 
 
 async def until(condition, timeout: float = 60.0) -> None:
@@ -83,9 +92,9 @@ async def test_subscriptions_change_on_the_same_connection(mqtt_broker, topic_pr
 
 
 async def test_changed_broker_settings_move_to_a_new_connection_losing_nothing(
-        mqtt_broker, topic_prefix, tmp_path):
+        mqtt_broker, topic_prefix, tmp_path, session_id):
     topic = f"{topic_prefix}/line/press"
-    cid = topic_prefix.replace("/", "-")
+    cid = session_id
     subs = {f"{topic_prefix}/#": (1, "lake")}
     pipeline = Pipeline(config(mqtt_broker, tmp_path, subs, **{"client-id": cid}),
                         Context(env={}))
@@ -127,7 +136,7 @@ async def test_changed_broker_settings_move_to_a_new_connection_losing_nothing(
 
 
 async def test_a_reload_that_fixes_a_stuck_target_gets_the_stuck_messages_again(
-        mqtt_broker, topic_prefix, tmp_path, monkeypatch):
+        mqtt_broker, topic_prefix, tmp_path, monkeypatch, session_id):
     """The old path never succeeds (its processor keeps failing), so the drain times out:
     the stuck batches are cancelled unacknowledged, the source restarts on its persistent
     session, and the broker delivers them again, now to the fixed path."""
@@ -135,7 +144,7 @@ async def test_a_reload_that_fixes_a_stuck_target_gets_the_stuck_messages_again(
     from plugins import engine_faults
 
     engine_faults.state.update(calls=0, fail_first=10**9)
-    cid = topic_prefix.replace("/", "-")
+    cid = session_id
     subs = {f"{topic_prefix}/#": (1, "lake")}
     base = config(mqtt_broker, tmp_path, subs, **{"client-id": cid})
     broken = base.model_copy(update={
@@ -279,13 +288,13 @@ async def test_reload_while_the_broker_is_down_applies_on_reconnect(own_mqtt_bro
 
 
 async def test_a_new_broker_that_cannot_be_reached_rolls_back_to_the_old_one(
-        mqtt_broker, topic_prefix, tmp_path):
+        mqtt_broker, topic_prefix, tmp_path, session_id):
     """A changed broker address that does not answer: the new source is given up after
     shutdown-timeout, the old connection comes back on its session, data flows on."""
     from tests.conftest import _free_ports
 
     subs = {f"{topic_prefix}/#": (1, "lake")}
-    cid = topic_prefix.replace("/", "-")
+    cid = session_id
     old = config(mqtt_broker, tmp_path, subs, **{"client-id": cid}).model_copy(
         update={"shutdown_timeout": 2.0})
     pipeline = Pipeline(old, Context(env={}))
