@@ -64,19 +64,32 @@ def main(log_level: str, log_format: str) -> None:
 def run(config: str | None) -> None:
     """Run the pipeline of CONFIG (JSON or YAML) until SIGINT or SIGTERM.
 
+    A change of CONFIG's content (checked every reload.interval seconds, and at
+    once on SIGHUP) is validated and applied without a restart; an invalid one
+    is logged and the running config stays.
+
     Without CONFIG the pipeline comes from EDGE_SUBSCRIPTION_CONFIG (inline JSON),
     as in the reference Kubernetes manifest; EDGE_BROKER_HOST and EDGE_MQTT_PORT
     name the UNS broker.
     """
+    import hashlib
+    import os
+
     from unsflow.config import load_config
+    from unsflow.engine.reload import load_config_file
 
     try:
-        cfg = load_config(config)
+        if config is None:
+            cfg = load_config(None)
+            inline = os.environ.get("EDGE_SUBSCRIPTION_CONFIG", "").encode()
+            config_hash = hashlib.sha256(inline).hexdigest()
+        else:
+            cfg, config_hash = load_config_file(config)
     except ConfigError as exc:
         click.echo(str(exc), err=True)
         sys.exit(2)
     try:
-        _run_loop(_run(cfg))
+        _run_loop(_run(cfg, config, config_hash))
     except (SecretError, MissingDependency, UnsflowError) as exc:
         click.echo(f"unsflow: {exc}", err=True)
         sys.exit(1)
@@ -91,15 +104,31 @@ def _run_loop(coro: object) -> None:
         asyncio.run(coro)  # type: ignore[arg-type]
 
 
-async def _run(cfg: object) -> None:
+async def _run(cfg: object, path: str | None, config_hash: str) -> None:
+    """The pipeline until SIGINT/SIGTERM; with a config file, its watcher (reload, SIGHUP)."""
     from unsflow.engine.pipeline import Pipeline
+    from unsflow.engine.reload import ConfigWatcher
 
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, stop.set)
     pipeline = Pipeline(cfg)  # type: ignore[arg-type]
-    await pipeline.run(stop)
+    pipeline.config_hash = config_hash
+    if path is None:
+        loop.add_signal_handler(signal.SIGHUP, logging.getLogger("unsflow.engine.reload").warning,
+                                "SIGHUP: the config came from EDGE_SUBSCRIPTION_CONFIG; there "
+                                "is no file to reload (a restart applies a new one)")
+        await pipeline.run(stop)
+        return
+    watcher = ConfigWatcher(path, pipeline, config_hash)
+    loop.add_signal_handler(signal.SIGHUP, watcher.trigger)
+    watching = asyncio.create_task(watcher.run(), name="config-watcher")
+    try:
+        await pipeline.run(stop)
+    finally:
+        watching.cancel()
+        await asyncio.gather(watching, return_exceptions=True)
 
 
 @main.command()

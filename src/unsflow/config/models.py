@@ -30,6 +30,7 @@ __all__ = [
     "DeadLetterConfig",
     "HttpConfig",
     "SpoolConfig",
+    "ReloadConfig",
     "PipelineConfig",
     "pipeline_model",
 ]
@@ -214,6 +215,15 @@ class HttpConfig(Model):
                       description="Port for /healthz, /readyz and /metrics; 0 turns them off.")
 
 
+class ReloadConfig(Model):
+    """Live reload of the config file (`unsflow run FILE`); SIGHUP reloads at once."""
+
+    interval: float = Field(
+        2.0, ge=0, description="Seconds between two checks of the config file's content "
+        "(a changed ConfigMap volume swaps a symlink, so the content is compared, not the "
+        "mtime); 0 turns polling off, SIGHUP still reloads.")
+
+
 class PipelineConfig(Model):
     """The whole pipeline. Sections and keys follow the reference edge solution."""
 
@@ -237,6 +247,8 @@ class PipelineConfig(Model):
     spool: SpoolConfig = Field(
         default_factory=SpoolConfig,
         description="On-disk store-and-forward for targets that are down.")
+    reload: ReloadConfig = Field(
+        default_factory=ReloadConfig, description="Live reload of a changed config file.")
     batch_size: int = Field(
         2000, ge=1, le=100000, description="Most messages a source hands on in one batch."
     )

@@ -115,6 +115,16 @@ METRICS: list[MetricSpec] = [
     # When the last batch with a message matching this subscription filter arrived.
     MetricSpec("unsflow_last_message_timestamp_seconds", "gauge", ("subscription",),
                "Unix time of the last message matching the subscription filter."),
+    # Config reloads by result: applied, rejected (invalid; the running config stays),
+    # failed (valid, but its components did not start; the previous config runs again).
+    MetricSpec("unsflow_config_reloads_total", "counter", ("result",),
+               "Config reloads by result: applied, rejected (invalid), failed (did not start)."),
+    # 1 at start, +1 per applied reload: which config a pod runs, across a rollout.
+    MetricSpec("unsflow_config_generation", "gauge", (),
+               "Generation of the running config: 1 at start, +1 per applied reload."),
+    # Always 1; the label is the SHA-256 of the running config's file (or inline text).
+    MetricSpec("unsflow_config_info", "gauge", ("sha256",),
+               "1, labelled with the SHA-256 of the running config's content."),
     # 1 when every source is ready and no spool is full (what /readyz answers 200 for).
     MetricSpec("unsflow_ready", "gauge", (),
                "1 when every source is connected and subscribed and no spool is full."),
@@ -232,6 +242,11 @@ class PipelineCollector:
         add("unsflow_unrouted_total", [], p.unrouted)
         for flt, when in p.last_message_at.items():
             add("unsflow_last_message_timestamp_seconds", [flt], when)
+        for result, count in p.reloads.items():
+            add("unsflow_config_reloads_total", [result], count)
+        add("unsflow_config_generation", [], p.generation)
+        if p.config_hash:
+            add("unsflow_config_info", [p.config_hash], 1)
         add("unsflow_ready", [], 1 if all_ready and p.sources else 0)
         yield from families.values()
 

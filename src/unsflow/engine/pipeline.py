@@ -11,6 +11,10 @@ seconds to finish, targets flush and close, and the source disconnects
 without unsubscribing. Whatever was not acknowledged is redelivered by the
 broker to the next run.
 
+Reload: :meth:`Pipeline.reload` swaps to a new config while running
+(:mod:`unsflow.engine.swap`): reading stops, in-flight batches finish and are
+acknowledged, changed components are replaced, reading goes on.
+
 Observability: ``http.port`` serves /healthz, /readyz and /metrics
 (:mod:`unsflow.engine.health`) from before the sources connect until after
 they disconnect; the counters behind /metrics are kept per batch.
@@ -21,7 +25,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from unsflow import registry
 from unsflow.components import Context
@@ -34,6 +38,9 @@ from unsflow.engine.topics import TopicMatcher
 from unsflow.message import Message
 from unsflow.processors.base import Processor
 from unsflow.sources.base import Source
+
+if TYPE_CHECKING:
+    from unsflow.engine.swap import ReloadPlan
 
 __all__ = ["Pipeline", "build_source", "build_spool"]
 
@@ -69,19 +76,14 @@ class Pipeline:
         if source is not None or config.subscriptions:
             self.sources.append((source or build_source(config, self.context), None))
         for name, scfg in config.sources.items():
-            cls = registry.load("sources", scfg.type)
-            self.sources.append((cls(name, scfg, self.context), tuple(scfg.target_names)))
+            self.sources.append((self.build_named_source(name, scfg), tuple(scfg.target_names)))
         self.dead_letter = DeadLetter(config.dead_letter.path)
         self.processors: dict[str, Processor] = {}
         for name, pcfg in config.processors.items():
-            cls = registry.load("processors", pcfg.type)
-            self.processors[name] = cls(name, pcfg, self.context)
+            self.processors[name] = self.build_processor(name, pcfg)
         self.paths: dict[str, TargetPath] = {}
-        for name, tcfg in config.targets.items():
-            cls = registry.load("targets", tcfg.type)
-            chain = [self.processors[p] for p in tcfg.processors]
-            self.paths[name] = TargetPath(cls(name, tcfg, self.context), chain, self.dead_letter,
-                                          spool=build_spool(config, name))
+        for name in config.targets:
+            self.paths[name] = self.build_path(name, config)
         if config.dead_letter.target is not None:
             self.dead_letter.target = self.paths[config.dead_letter.target].target
         self.matcher = TopicMatcher(
@@ -95,6 +97,32 @@ class Pipeline:
         self.last_message_at: dict[str, float] = {}
         self.running = False  # started and not stopping: part of /readyz
         self.http: HealthServer | None = None
+        self._readers: dict[Source, asyncio.Task[None]] = {}
+        self._fatal: asyncio.Future[None] | None = None
+        # Config reloads (engine/swap.py, engine/reload.py): what /metrics shows.
+        self.generation = 1
+        self.config_hash: str | None = None
+        self.reloads: dict[str, int] = {"applied": 0, "rejected": 0, "failed": 0}
+        self._reload_lock = asyncio.Lock()
+        self._reload_task: asyncio.Task[Any] | None = None
+
+    def build_processor(self, name: str, pcfg: Any) -> Processor:
+        cls = registry.load("processors", pcfg.type)
+        return cls(name, pcfg, self.context)  # type: ignore[no-any-return]
+
+    def build_path(self, name: str, config: PipelineConfig) -> TargetPath:
+        """The path of target ``name`` of ``config``: its processors (from
+        ``self.processors``), the target and its spool."""
+        tcfg = config.targets[name]
+        cls = registry.load("targets", tcfg.type)
+        chain = [self.processors[p] for p in tcfg.processors]
+        return TargetPath(cls(name, tcfg, self.context), chain, self.dead_letter,
+                          spool=build_spool(config, name))
+
+    def build_named_source(self, name: str, scfg: Any) -> Source:
+        """A source of the ``sources`` section."""
+        cls = registry.load("sources", scfg.type)
+        return cls(name, scfg, self.context)  # type: ignore[no-any-return]
 
     async def start(self) -> None:
         """Start processors and targets, then connect the source."""
@@ -121,18 +149,75 @@ class Pipeline:
         except BaseException:
             await self._stop_http()
             raise
-        readers = {asyncio.create_task(self._read_loop(src, fixed), name=f"reader-{src.id}")
-                   for src, fixed in self.sources}
+        self._fatal = asyncio.get_running_loop().create_future()
+        self.start_readers()
         stopper = asyncio.create_task(stop.wait(), name="pipeline-stop-wait")
         try:
-            done, _ = await asyncio.wait(readers | {stopper}, return_when=asyncio.FIRST_COMPLETED)
-            for task in done - {stopper}:
-                task.result()  # a failed reader is fatal: raise it
+            waits: set[asyncio.Future[Any]] = {stopper, self._fatal}
+            await asyncio.wait(waits, return_when=asyncio.FIRST_COMPLETED)
+            if self._fatal.done():
+                self._fatal.result()  # a failed reader (or a failed reload rollback) is fatal
         finally:
-            for task in readers | {stopper}:
-                task.cancel()
-            await asyncio.gather(*readers, stopper, return_exceptions=True)
+            self.running = False  # no reload may begin now
+            stopper.cancel()
+            reload_task = self._reload_task
+            if reload_task is not None and not reload_task.done():
+                # A reload still connecting or draining: stopping wins.
+                reload_task.cancel()
+                await asyncio.gather(reload_task, return_exceptions=True)
+            await self.stop_readers()
+            await asyncio.gather(stopper, return_exceptions=True)
             await self.shutdown()
+
+    def start_readers(self) -> None:
+        """One reader task per source (after start, and after a reload)."""
+        for src, fixed in self.sources:
+            task = asyncio.create_task(self._read_loop(src, fixed), name=f"reader-{src.id}")
+            task.add_done_callback(self._reader_done)
+            self._readers[src] = task
+
+    async def stop_readers(self) -> None:
+        """Stop taking batches from the sources; a reader waiting in read() loses nothing."""
+        readers, self._readers = list(self._readers.values()), {}
+        for task in readers:
+            task.cancel()
+        await asyncio.gather(*readers, return_exceptions=True)
+
+    def _reader_done(self, task: asyncio.Task[None]) -> None:
+        if task.cancelled() or self._fatal is None or self._fatal.done():
+            return
+        exc = task.exception()
+        self._fatal.set_exception(exc or RuntimeError(f"{task.get_name()} ended"))
+
+    def fail(self, exc: BaseException) -> None:
+        """Stop the pipeline with ``exc`` (``run`` raises it)."""
+        if self._fatal is not None and not self._fatal.done():
+            self._fatal.set_exception(exc)
+
+    @property
+    def stopping_on_error(self) -> bool:
+        """A reader or a reload rollback failed: ``run`` is about to raise."""
+        return self._fatal is not None and self._fatal.done()
+
+    async def reload(self, config: PipelineConfig, config_hash: str | None = None,
+                     ) -> ReloadPlan:
+        """Swap to ``config`` without a restart (see :func:`unsflow.engine.swap.apply`).
+
+        Returns the :class:`~unsflow.engine.swap.ReloadPlan` applied; raises
+        :class:`~unsflow.engine.swap.ReloadFailed` when the new components
+        could not start (the old config is running again). Call it from a task
+        of its own (the config watcher's): a stop cancels that task.
+        """
+        from unsflow.engine.swap import apply
+
+        async with self._reload_lock:
+            if not self.running:
+                raise RuntimeError("the pipeline is not running")
+            self._reload_task = asyncio.current_task()
+            try:
+                return await apply(self, config, config_hash)
+            finally:
+                self._reload_task = None
 
     async def _read_loop(self, source: Source, fixed: tuple[str, ...] | None) -> None:
         # A budget of messages, not batches: batches are as small as a socket read.

@@ -14,6 +14,9 @@ Guarantees:
   keeps subscriptions and queued messages while the process is down. Stop
   disconnects without unsubscribing.
 - Reconnects use capped, jittered backoff and re-subscribe every filter.
+- :meth:`MqttSource.update_subscriptions` changes the filters on the live
+  connection (a config reload): added filters and changed QoS are
+  subscribed, removed filters unsubscribed; the session stays.
 
 Batches are cut per network read: every message parsed from one socket read
 joins one batch (up to ``batch_size``), so there is no per-message task or
@@ -80,6 +83,11 @@ class MqttSource(Source):
         self._subscribed = asyncio.Event()
         self._stopping = False
         self._pong: asyncio.Future[None] | None = None
+        # SUBSCRIBE packet id -> future of the SUBACK's reason codes (update_subscriptions).
+        self._suback_waiters: dict[int, asyncio.Future[tuple[int, ...]]] = {}
+        # Filters removed while disconnected: unsubscribed on the next connect.
+        self._unsubscribe_pending: set[str] = set()
+        self._hold_open = False  # waiting for a SUBACK: do not pause reading
         self.received = 0
         self.acked = 0
         self.stale_acks = 0
@@ -174,11 +182,75 @@ class MqttSource(Source):
     async def wait_ready(self, timeout: float | None = None) -> None:
         await asyncio.wait_for(self._subscribed.wait(), timeout)
 
+    async def update_subscriptions(self, subscriptions: dict[str, int],
+                                   timeout: float = 10.0) -> None:
+        """Make ``subscriptions`` ({filter: qos}) the filters of the live session.
+
+        Added filters and filters whose QoS changed are subscribed (a SUBSCRIBE
+        to an existing filter replaces its QoS), removed ones unsubscribed;
+        the connection and session stay. Returns once the broker confirmed
+        the new filters (SUBACK); raises :class:`NotConnected` when it refused
+        one or did not answer within ``timeout`` seconds. While disconnected,
+        the change is recorded and applied on the next connect.
+        """
+        from gmqtt import Subscription
+
+        old = self.subscriptions
+        changed = {f: q for f, q in subscriptions.items() if old.get(f) != q}
+        removed = [f for f in old if f not in subscriptions]
+        self.subscriptions = dict(subscriptions)
+        client = self._client
+        if client is None or (not changed and not removed):
+            return
+        # gmqtt re-subscribes its list on reconnect: keep it equal to ours.
+        client._remove_subscriptions(removed + list(changed))
+        subs = [Subscription(f, qos=q) for f, q in changed.items()]
+        client.subscriptions.extend(subs)
+        conn = self._handler.current_connection if self._handler else None
+        if not self._connected.is_set() or conn is None or conn.is_closing():
+            self._unsubscribe_pending.update(removed)
+            return
+        if removed:
+            client._connection.unsubscribe(removed)
+        if not subs:
+            return
+        mid = client._connection.subscribe(subs)
+        waiter = asyncio.get_running_loop().create_future()
+        self._suback_waiters[mid] = waiter
+        # While the pipeline does not read (a reload), batches pile up and the socket is
+        # paused: the SUBACK would wait behind them forever. Read on until it arrives
+        # (memory stays bounded by receive-maximum for QoS 1/2).
+        self._hold_open = True
+        self._resume_reading()
+        try:
+            codes = await asyncio.wait_for(waiter, timeout)
+        except TimeoutError:
+            raise NotConnected(f"no SUBACK within {timeout:g}s for "
+                               f"{', '.join(changed)}", component_id=self.id) from None
+        finally:
+            self._suback_waiters.pop(mid, None)
+            self._hold_open = False
+            self._pause_if_full()
+        refused = [f for f, code in zip(changed, codes, strict=False) if code >= 128]
+        if refused:
+            raise NotConnected(f"broker refused subscription(s) {', '.join(refused)} "
+                               f"(codes {[c for c in codes if c >= 128]}): check ACLs and filters",
+                               component_id=self.id)
+
+    def unsubscribe_on_connect(self, filters: set[str]) -> None:
+        """Unsubscribe ``filters`` when connected: a persistent session may still hold
+        filters an earlier source of this client id had (a reload replacing the source)."""
+        self._unsubscribe_pending.update(filters)
+
     # -- gmqtt callbacks -------------------------------------------------------
 
     def _on_connect(self, client: Any, flags: Any, rc: Any, properties: Any) -> None:
         self._backoff.reset()
         self._connected.set()
+        if self._unsubscribe_pending:
+            # The persistent session still holds filters removed by a reload meanwhile.
+            client._connection.unsubscribe(sorted(self._unsubscribe_pending))
+            self._unsubscribe_pending.clear()
         if client.subscriptions:
             for sub in client.subscriptions:
                 client.resubscribe(sub)
@@ -190,6 +262,9 @@ class MqttSource(Source):
                  self.broker.host, self.broker.port, len(self.subscriptions))
 
     def _on_subscribe(self, client: Any, mid: int, qos: Any, properties: Any) -> None:
+        waiter = self._suback_waiters.pop(mid, None)
+        if waiter is not None and not waiter.done():
+            waiter.set_result(tuple(qos))
         refused = [q for q in qos if q >= 128]
         if refused:
             log.error("[%s] broker refused %d subscription(s) (codes %s): check ACLs and filters",
@@ -241,11 +316,21 @@ class MqttSource(Source):
         self.received += len(self._pending)
         self._pending, self._pending_acks = [], []
         self._batch_ready.set()
-        if len(self._batches) >= self.max_pending and self._paused_transport is None:
+        self._pause_if_full()
+
+    def _pause_if_full(self) -> None:
+        if (len(self._batches) >= self.max_pending and self._paused_transport is None
+                and not self._hold_open and self._handler is not None):
             transport = getattr(self._handler.current_connection, "_transport", None)
             if transport is not None:
                 transport.pause_reading()
                 self._paused_transport = transport
+
+    def _resume_reading(self) -> None:
+        if self._paused_transport is not None:
+            transport, self._paused_transport = self._paused_transport, None
+            if not transport.is_closing():
+                transport.resume_reading()
 
     async def read(self) -> tuple[list[Message], int]:
         while not self._batches:
@@ -253,9 +338,7 @@ class MqttSource(Source):
             await self._batch_ready.wait()
         batch = self._batches.popleft()
         if self._paused_transport is not None and len(self._batches) < self.max_pending // 2:
-            transport, self._paused_transport = self._paused_transport, None
-            if not transport.is_closing():
-                transport.resume_reading()
+            self._resume_reading()
         return batch
 
     def ack(self, token: int) -> None:
