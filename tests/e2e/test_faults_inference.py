@@ -107,13 +107,15 @@ def test_inference_hang_5xx_and_garbage_lose_nothing(mqtt_broker, topic_prefix, 
         (tmp_path / "infer.json").write_text(json.dumps(config))
         proc = UnsflowProcess(["run", str(tmp_path / "infer.json")], cwd=tmp_path, env={}).start()
         published = {"n": 0}
-        # (mode, seconds): publishing goes on through every phase.
-        phases = [("ok", 2), ("hang", 3), ("ok", 2), ("503", 3), ("garbage", 1.5), ("ok", 1)]
+        # Each fault phase lasts until the service has seen enough requests in that
+        # mode (the pipeline's retry backoff decides when they come, not a clock);
+        # publishing goes on through every phase.
+        phases = [("ok", 0), ("hang", 3), ("ok", 0), ("503", 5), ("garbage", 3), ("ok", 0)]
 
-        def paced():  # one connection, 100 messages every 0.12 s
+        def paced():  # one connection, 100 messages every 0.4 s: about 16 s
             for seq in range(TOTAL):
                 if seq and seq % 100 == 0:
-                    time.sleep(0.12)
+                    time.sleep(0.4)
                 yield topic, numbered_payload(seq)
 
         def publish_all() -> None:
@@ -124,13 +126,21 @@ def test_inference_hang_5xx_and_garbage_lose_nothing(mqtt_broker, topic_prefix, 
         try:
             proc.wait_for_log("subscribed:")
             publisher.start()
-            for mode, seconds in phases:
+            for mode, requests in phases:
+                seen_before = model.seen[mode]
                 model.mode = mode
-                if mode != "hang":
-                    model.release.set()
-                else:
+                if mode == "hang":
                     model.release.clear()
-                time.sleep(seconds)
+                else:
+                    model.release.set()
+                if not requests:
+                    time.sleep(1.0)
+                    continue
+                deadline = time.monotonic() + 40
+                while model.seen[mode] - seen_before < requests and time.monotonic() < deadline:
+                    time.sleep(0.05)
+                assert model.seen[mode] - seen_before >= requests, \
+                    f"phase {mode}: {model.seen}\n{proc.output[-3000:]}"
             model.mode = "ok"
             model.release.set()
             publisher.join(180)
