@@ -164,7 +164,6 @@ def test_inference_hang_5xx_and_garbage_lose_nothing(mqtt_broker, topic_prefix, 
         if (tmp_path / "dead.jsonl").exists() else []
     assert errors, "the garbage phase dead-lettered nothing"
     assert all("answer" in e or "not JSON" in e or "outputs" in e for e in errors), errors[:3]
-    assert "retry" in proc.output
     # Rows carry the model's answer for their own value.
     assert all(r["inference"] == pytest.approx(r["value"] * 2) for r in rows)
     report_scenario("6. inference hangs, 5xx, garbage", TOTAL, delivered, dead,
