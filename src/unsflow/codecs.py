@@ -18,7 +18,8 @@ import orjson
 from unsflow.errors import DecodeError
 from unsflow.message import NOT_DECODED, Failure, Message
 
-__all__ = ["decode_json", "decode_csv", "records_of", "ensure_records", "coerce_scalar"]
+__all__ = ["decode_json", "decode_csv", "records_of", "ensure_records", "coerce_scalar",
+           "record_object"]
 
 
 def decode_json(payload: bytes) -> Any:
@@ -146,3 +147,23 @@ def ensure_records(batch: list[Message], event_type: str,
         except DecodeError as exc:
             failures.append(Failure(msg, str(exc), stage))
     return good, failures
+
+
+def record_object(msg: Message) -> dict[str, Any]:
+    """A message's record as an object: decoded JSON if not decoded yet; a number is
+    ``{"value": n}``. Anything else raises ValueError with the reason.
+
+    >>> record_object(Message("a/b", b"21.5"))
+    {'value': 21.5}
+    """
+    record = msg.record
+    if record is NOT_DECODED:
+        try:
+            record = decode_json(msg.payload)
+        except DecodeError as exc:
+            raise ValueError(str(exc)) from None
+    if isinstance(record, dict):
+        return record
+    if isinstance(record, (int, float)) and not isinstance(record, bool):
+        return {"value": record}
+    raise ValueError(f"record must be an object or a number, found {record!r:.60}")

@@ -31,10 +31,9 @@ from typing import Any, Literal
 
 from pydantic import Field, model_validator
 
-from unsflow.codecs import decode_json
+from unsflow.codecs import record_object
 from unsflow.config.models import ProcessorConfig
-from unsflow.errors import DecodeError
-from unsflow.message import NOT_DECODED, Failure, Message
+from unsflow.message import Failure, Message
 from unsflow.processors.base import Processor, ProcessResult
 
 __all__ = ["FilterProcessor", "FilterProcessorConfig"]
@@ -155,15 +154,4 @@ class FilterProcessor(Processor[FilterProcessorConfig]):
                 "dropped": self.dropped}
 
 
-def _record(msg: Message) -> dict[str, Any]:
-    record = msg.record
-    if record is NOT_DECODED:
-        try:
-            record = decode_json(msg.payload)
-        except DecodeError as exc:
-            raise ValueError(str(exc)) from None
-    if isinstance(record, dict):
-        return record
-    if isinstance(record, (int, float)) and not isinstance(record, bool):
-        return {"value": record}
-    raise ValueError(f"record must be an object or a number, found {record!r:.60}")
+_record = record_object
