@@ -190,6 +190,7 @@ class KafkaSource(Source):
         self._running = False
         self._error: BaseException | None = None
         self._assigned = threading.Event()
+        self._has_partitions = threading.Event()
         self.received = 0
         self.acked = 0
         self.commits = 0
@@ -252,7 +253,8 @@ class KafkaSource(Source):
 
     async def wait_assigned(self, timeout: float | None = None) -> None:
         """Until the group gave this member partitions (tests use it before producing)."""
-        await asyncio.wait_for(asyncio.to_thread(self._assigned.wait), timeout)
+        # Partitions, not only an assignment: a member joining a busy group may first get none.
+        await asyncio.wait_for(asyncio.to_thread(self._has_partitions.wait), timeout)
 
     # -- the consumer thread ------------------------------------------------
 
@@ -370,7 +372,9 @@ class KafkaSource(Source):
 
     def _on_assign(self, consumer: Any, partitions: list[Any]) -> None:
         log.info("[%s] assigned %s", self.id, _names(partitions))
-        self._assigned.set()
+        self._assigned.set()  # ready: a member of its group, even one with no partitions
+        if partitions:
+            self._has_partitions.set()
 
     def _on_revoke(self, consumer: Any, partitions: list[Any]) -> None:
         # What was acked for them is committed before they go (the new owner starts there).
