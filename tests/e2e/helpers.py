@@ -13,6 +13,31 @@ from pathlib import Path
 from typing import Any
 
 
+class ChunkedPublisher(threading.Thread):
+    """Publishes ``total`` numbered QoS 1 messages to ``topic`` in chunks, pausing between
+    them, so that publishing goes on before, during and after a fault.
+
+    ``published`` counts what the broker acknowledged so far (each chunk is one
+    :func:`unsflow.testing.publish_numbered` call, which waits for every PUBACK).
+    """
+
+    def __init__(self, host: str, port: int, topic: str, total: int, *,
+                 chunk: int = 500, pause: float = 0.1) -> None:
+        super().__init__(name=f"publisher-{topic}", daemon=True)
+        self.host, self.port, self.topic = host, port, topic
+        self.total, self.chunk, self.pause = total, chunk, pause
+        self.published = 0
+
+    def run(self) -> None:
+        from unsflow.testing import publish_numbered
+
+        for start in range(0, self.total, self.chunk):
+            self.published += publish_numbered(self.host, self.port, self.topic,
+                                               min(self.chunk, self.total - start), qos=1,
+                                               start=start)
+            time.sleep(self.pause)
+
+
 class UnsflowProcess:
     """`unsflow run ...` as a subprocess; stderr kept for assertions and failure output."""
 

@@ -23,7 +23,13 @@ from pathlib import Path
 
 import pytest
 
-from tests.e2e.helpers import UnsflowProcess, dead_letter_seqs, report_scenario, wait_for_rows
+from tests.e2e.helpers import (
+    ChunkedPublisher,
+    UnsflowProcess,
+    dead_letter_seqs,
+    report_scenario,
+    wait_for_rows,
+)
 from unsflow.testing import numbered_payload, publish, publish_numbered
 
 EXAMPLE = Path(__file__).parents[2] / "examples" / "local-datalake.json"
@@ -59,33 +65,25 @@ def paced(topic: str, count: int, position: dict[str, int], chunk: int = 500,
 def test_2_sigterm_during_load_then_restart(own_mqtt_broker, tmp_path):
     topic = "plant/line3/press/vibration"
     proc = start(tmp_path, own_mqtt_broker)
-    published = {"n": 0}
-
-    def publish_all() -> None:
-        for start_at in range(0, TOTAL, 500):
-            published["n"] += publish_numbered(own_mqtt_broker.host, own_mqtt_broker.port, topic,
-                                               500, qos=1, start=start_at)
-            time.sleep(0.1)
-
-    publisher = threading.Thread(target=publish_all)
+    publisher = ChunkedPublisher(own_mqtt_broker.host, own_mqtt_broker.port, topic, TOTAL)
     try:
         proc.wait_for_log("subscribed:")
         publisher.start()
         rows = wait_for_rows(tmp_path / "datalake", lambda r: len(r) >= 2000, timeout=60)
         assert len(rows) >= 2000, proc.output[-3000:]
-        stopping_at = published["n"]
+        stopping_at = publisher.published
         began = time.monotonic()
         # Kubernetes sends SIGKILL 30 s after SIGTERM; shutdown-timeout (25 s) fits inside.
         code = proc.terminate(timeout=30)
         stop_seconds = time.monotonic() - began
-        stopped_at = published["n"]
+        stopped_at = publisher.published
         first_output = proc.output
         assert code == 0, first_output[-3000:]
         assert "stopped:" in first_output and "not finished in time" not in first_output
         proc = start(tmp_path, own_mqtt_broker)
         proc.wait_for_log("subscribed:")
         publisher.join(120)
-        assert published["n"] == TOTAL
+        assert publisher.published == TOTAL
         rows = wait_for_rows(tmp_path / "datalake", lambda r: len(seqs(r)) >= TOTAL, timeout=120)
     finally:
         code = proc.terminate()
@@ -181,15 +179,7 @@ def test_8_config_reload_during_load(own_mqtt_broker, tmp_path):
     configmap.mkdir()
     config = write_configmap(configmap, v1, 1)
     proc = start(tmp_path, broker, config)
-    published = {"n": 0}
-
-    def publish_all() -> None:
-        for start_at in range(0, TOTAL, 500):
-            published["n"] += publish_numbered(broker.host, broker.port, line1, 500, qos=1,
-                                               start=start_at)
-            time.sleep(0.1)
-
-    publisher = threading.Thread(target=publish_all)
+    publisher = ChunkedPublisher(broker.host, broker.port, line1, TOTAL)
     try:
         proc.wait_for_log("subscribed:")
         publisher.start()
@@ -207,10 +197,10 @@ def test_8_config_reload_during_load(own_mqtt_broker, tmp_path):
 
         write_configmap(configmap, v2, 3)
         proc.wait_for_log("config reloaded", timeout=60)
-        reloaded_at = published["n"]
+        reloaded_at = publisher.published
         assert publish_numbered(broker.host, broker.port, line2, 2000, qos=1) == 2000
         publisher.join(120)
-        assert published["n"] == TOTAL
+        assert publisher.published == TOTAL
         rows = wait_for_rows(tmp_path / "datalake", lambda r: len(seqs(r)) >= TOTAL, timeout=120)
         line2_rows = wait_for_rows(tmp_path / "line2", lambda r: len(seqs(r)) >= 2000, timeout=60)
     finally:

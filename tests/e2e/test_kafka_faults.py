@@ -9,7 +9,6 @@ from __future__ import annotations
 import collections
 import json
 import os
-import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -18,9 +17,8 @@ from typing import Any
 import pytest
 
 from tests.conftest import KafkaCluster, _free_ports, services, services_up
-from tests.e2e.helpers import UnsflowProcess, dead_letter_seqs, report_scenario
+from tests.e2e.helpers import ChunkedPublisher, UnsflowProcess, dead_letter_seqs, report_scenario
 from tests.e2e.test_kafka import wait_until_bridged
-from unsflow.testing import publish_numbered
 
 pytestmark = pytest.mark.e2e
 
@@ -54,22 +52,15 @@ def test_kafka_stopped_mid_stream_loses_nothing(mqtt_broker, own_kafka, topic_pr
     path.write_text(json.dumps(config))
     proc = UnsflowProcess(["run", str(path)], cwd=tmp_path, env={}).start()
     total = 6000
-    published = {"n": 0}
-
-    def publish_all() -> None:
-        # Paced over ~10 s, so that publishing goes on before, during and after the outage.
-        for start in range(0, total, 250):
-            published["n"] += publish_numbered(mqtt_broker.host, mqtt_broker.port,
-                                               f"{topic_prefix}/site1/m", 250, start=start)
-            time.sleep(0.4)
-
-    publisher = threading.Thread(target=publish_all)
+    # Paced over ~10 s, so that publishing goes on before, during and after the outage.
+    publisher = ChunkedPublisher(mqtt_broker.host, mqtt_broker.port, f"{topic_prefix}/site1/m",
+                                 total, chunk=250, pause=0.4)
     try:
         wait_until_bridged(kafka, topic, mqtt_broker, f"{topic_prefix}/warmup/x/y", proc)
         publisher.start()
-        while published["n"] < 1000:
+        while publisher.published < 1000:
             time.sleep(0.05)
-        stopped_at = published["n"]
+        stopped_at = publisher.published
         services("down", "kafka", env)  # SIGTERM: a clean stop, data kept
         time.sleep(8)  # longer than delivery-timeout: batches fail and are retried
         services_up("kafka", env)

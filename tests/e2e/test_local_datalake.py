@@ -9,13 +9,18 @@ broker it would collect every other test's messages.
 from __future__ import annotations
 
 import collections
-import threading
 import time
 from pathlib import Path
 
 import pytest
 
-from tests.e2e.helpers import UnsflowProcess, dead_letter_seqs, report_scenario, wait_for_rows
+from tests.e2e.helpers import (
+    ChunkedPublisher,
+    UnsflowProcess,
+    dead_letter_seqs,
+    report_scenario,
+    wait_for_rows,
+)
 from unsflow.testing import publish_numbered
 
 EXAMPLE = Path(__file__).parents[2] / "examples" / "local-datalake.json"
@@ -58,16 +63,7 @@ def test_20000_qos1_messages_all_become_rows(own_mqtt_broker, tmp_path):
 def test_sigkill_mid_stream_loses_nothing(own_mqtt_broker, tmp_path):
     topic = "plant/line2/extruder/temperature"
     proc = start(tmp_path, own_mqtt_broker)
-    published = {"n": 0}
-
-    def publish_all() -> None:
-        # Paced chunks, so that publishing goes on before, during and after the kill.
-        for start_at in range(0, TOTAL, 500):
-            published["n"] += publish_numbered(own_mqtt_broker.host, own_mqtt_broker.port, topic,
-                                               500, qos=1, start=start_at)
-            time.sleep(0.1)
-
-    publisher = threading.Thread(target=publish_all)
+    publisher = ChunkedPublisher(own_mqtt_broker.host, own_mqtt_broker.port, topic, TOTAL)
     try:
         proc.wait_for_log("subscribed:")
         publisher.start()
@@ -75,13 +71,13 @@ def test_sigkill_mid_stream_loses_nothing(own_mqtt_broker, tmp_path):
         rows = wait_for_rows(tmp_path / "datalake", lambda r: len(r) >= 1000, timeout=60)
         assert len(rows) >= 1000, proc.output[-3000:]
         proc.kill9()
-        killed_at = published["n"]
+        killed_at = publisher.published
         time.sleep(1.0)  # the broker queues what is published meanwhile
-        restarted_at = published["n"]
+        restarted_at = publisher.published
         proc = start(tmp_path, own_mqtt_broker)
         proc.wait_for_log("subscribed:")
         publisher.join(120)
-        assert published["n"] == TOTAL
+        assert publisher.published == TOTAL
         rows = wait_for_rows(tmp_path / "datalake", lambda r: len(seqs(r)) >= TOTAL, timeout=120)
     finally:
         code = proc.terminate()
