@@ -60,6 +60,7 @@ from urllib.request import url2pathname
 import orjson
 
 from unsflow.errors import MissingDependency, ModelCorrupt, ModelNotFound, ModelStoreError
+from unsflow.targets.object_store import fsync_path
 
 if TYPE_CHECKING:
     import numpy
@@ -124,14 +125,6 @@ def _version_of(segment: str) -> int | None:
     if segment.isdigit() and not segment.startswith("0"):
         return int(segment)
     return None
-
-
-def _fsync(path: Path, directory: bool = False) -> None:
-    fd = os.open(path, os.O_RDONLY | (os.O_DIRECTORY if directory else 0))
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
 
 
 class ModelStore:
@@ -356,7 +349,7 @@ class ModelStore:
                     (folder / str(version)).mkdir()
                 except FileExistsError:
                     continue
-                _fsync(folder, directory=True)
+                fsync_path(folder, directory=True)
                 return version, folder / str(version)
         except OSError as exc:
             raise ModelStoreError(f"model store {self.url}: cannot create a version of model "
@@ -372,7 +365,7 @@ class ModelStore:
                 os.fsync(out.fileno())
             os.replace(tmp, folder / file)
             tmp = None
-            _fsync(folder, directory=True)
+            fsync_path(folder, directory=True)
         except OSError as exc:
             raise ModelStoreError(f"model store {self.url}: cannot write "
                                   f"{folder.parent.name}/{folder.name}/{file}: {exc}") from exc

@@ -51,9 +51,8 @@ from typing import Any, Literal
 
 from pydantic import Field, model_validator
 
-from unsflow.codecs import decode_json
+from unsflow.codecs import record_object
 from unsflow.config.models import ProcessorConfig
-from unsflow.errors import DecodeError
 from unsflow.message import NOT_DECODED, Failure, Message
 from unsflow.processors.base import Processor, ProcessResult
 
@@ -152,7 +151,7 @@ class WindowProcessor(Processor[WindowProcessorConfig]):
         with self._lock:
             for msg in batch:
                 try:
-                    record = self._record(msg)
+                    record = record_object(msg)
                     key = self._key(msg, record)
                     value = self._value(record)
                     t = self._time(record)
@@ -175,19 +174,6 @@ class WindowProcessor(Processor[WindowProcessorConfig]):
                         continue
                 outputs.append(msg.derive(record={**record, cfg.output_field: list(window.values)}))
         return outputs, failures
-
-    def _record(self, msg: Message) -> dict[str, Any]:
-        record = msg.record
-        if record is NOT_DECODED:
-            try:
-                record = decode_json(msg.payload)
-            except DecodeError as exc:
-                raise ValueError(str(exc)) from None
-        if isinstance(record, dict):
-            return record
-        if _is_number(record):
-            return {"value": record}
-        raise ValueError(f"record must be an object or a number, found {_short(record)}")
 
     def _key(self, msg: Message, record: dict[str, Any]) -> Any:
         template = self.config.key

@@ -66,7 +66,7 @@ if TYPE_CHECKING:
     from unsflow.secrets.base import Credential
 
 __all__ = ["ObjectStoreTarget", "ObjectStoreTargetConfig", "build_store", "content_digest",
-           "open_lake"]
+           "fsync_path", "open_lake"]
 
 _URL_SCHEMES = {"s3", "s3a", "gs", "az", "abfs", "abfss", "adl", "azure", "file", "memory",
                 "http", "https"}
@@ -229,7 +229,8 @@ def _parquet_bytes(rows: list[dict[str, Any]], compression: str) -> bytes:
     return bytes(sink.getvalue())
 
 
-def _fsync(path: Path, directory: bool = False) -> None:
+def fsync_path(path: Path, directory: bool = False) -> None:
+    """fsync a file, or with ``directory`` a directory (so a rename in it is durable)."""
     fd = os.open(path, os.O_RDONLY | (os.O_DIRECTORY if directory else 0))
     try:
         os.fsync(fd)
@@ -482,7 +483,7 @@ class ObjectStoreTarget(Target[ObjectStoreTargetConfig]):
         staging = f"{directory}/.{name}.tmp" if directory else f".{name}.tmp"
         try:
             obstore.put(self._store, staging, data)
-            _fsync(self._local_root / staging)
+            fsync_path(self._local_root / staging)
             obstore.rename(self._store, staging, key)
             self._sync_dirs(self._local_root / directory)
         except errors as exc:
@@ -493,10 +494,10 @@ class ObjectStoreTarget(Target[ObjectStoreTargetConfig]):
 
     def _sync_dirs(self, directory: Path) -> None:
         """fsync ``directory`` (the new entry) and, once, each new-looking parent up to the root."""
-        _fsync(directory, directory=True)
+        fsync_path(directory, directory=True)
         path = directory
         while path != self._local_root and path not in self._synced_dirs:
-            _fsync(path.parent, directory=True)
+            fsync_path(path.parent, directory=True)
             self._synced_dirs.add(path)
             path = path.parent
 
@@ -533,7 +534,7 @@ def build_store(*, local_path: str | None = None, s3_bucket: str | None = None,
     if local_path:
         root = Path(local_path).resolve()
         root.mkdir(parents=True, exist_ok=True)
-        _fsync(root.parent, directory=True)
+        fsync_path(root.parent, directory=True)
         return store_mod.LocalStore(root, mkdir=True), root
     url = urlsplit(store_url or "")
     options: dict[str, Any] = {k: v for k, v in (("region", region), ("endpoint", endpoint)) if v}
