@@ -3,7 +3,9 @@
 # Runs after scripts/setup.sh; starts the broker if it is not running.
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
-PYTHON=python3
-if [ -z "${VIRTUAL_ENV:-}" ] && [ -x .venv/bin/python ]; then PYTHON=.venv/bin/python; fi
+# This checkout's .venv (scripts/setup.sh), activated or not.
+PYTHON=${UNSFLOW_PYTHON:-.venv/bin/python}
+[ -x "$PYTHON" ] || command -v "$PYTHON" >/dev/null 2>&1 ||
+    { echo "quickstart: $PYTHON not found; run scripts/setup.sh first" >&2; exit 1; }
 bash scripts/services.sh up mosquitto >/dev/null
 exec "$PYTHON" scripts/quickstart.py "$@"

@@ -4,11 +4,15 @@
 #   scripts/setup.sh [--extras LIST] [--no-services]
 #
 #   1. system packages for the broker (scripts/services.sh install mosquitto)
-#   2. pip install -e '.[LIST]' (default LIST: all), into a virtual environment
-#      at .venv when the system Python refuses packages (PEP 668) or has no pip
+#   2. pip install -e '.[LIST]' (default LIST: all) into this checkout's own
+#      virtual environment, .venv (made on first run), never into a Python
+#      that other checkouts or users share
 #   3. scripts/services.sh up mosquitto
 #
-# --no-services skips steps 1 and 3. UNSFLOW_PYTHON names the interpreter to use.
+# --no-services skips steps 1 and 3. UNSFLOW_PYTHON names another interpreter
+# to install into instead of .venv (at your own risk: it is shared).
+# Afterwards `. .venv/bin/activate` puts `unsflow` on PATH; without it, run
+# .venv/bin/unsflow. The project's scripts find .venv either way.
 set -euo pipefail
 
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
@@ -43,16 +47,13 @@ as_root() {
     fi
 }
 
-# The interpreter to install into: the one asked for, the active virtual
-# environment, this checkout's .venv once it exists, else python3.
-# scripts/test.sh picks it the same way.
+# The interpreter to install into: the one asked for, else this checkout's .venv.
+# scripts/test.sh and scripts/quickstart.sh pick it the same way.
 pick_python() {
     if [ -n "${UNSFLOW_PYTHON:-}" ]; then
         echo "$UNSFLOW_PYTHON"
-    elif [ -z "${VIRTUAL_ENV:-}" ] && [ -x "$VENV/bin/python" ]; then
-        echo "$VENV/bin/python"
     else
-        echo python3
+        echo "$VENV/bin/python"
     fi
 }
 
@@ -67,8 +68,8 @@ make_venv() {
         fi
         log "creating a virtual environment at $VENV"
         python3 -m venv "$VENV"
+        "$VENV/bin/python" -m pip install -q --upgrade pip
     fi
-    "$VENV/bin/python" -m pip install -q --upgrade pip
 }
 
 if [ "$SERVICES" = 1 ]; then
@@ -76,32 +77,19 @@ if [ "$SERVICES" = 1 ]; then
 fi
 
 PYTHON=$(pick_python)
-command -v "$PYTHON" >/dev/null 2>&1 || die "$PYTHON not found; install python3 (3.11 or newer)"
-"$PYTHON" -c 'import sys; sys.exit(sys.version_info < (3, 11))' ||
-    die "unsflow needs Python 3.11 or newer; $PYTHON is $("$PYTHON" -V 2>&1)"
+if [ "$PYTHON" = "$VENV/bin/python" ]; then
+    command -v python3 >/dev/null 2>&1 || die "python3 not found; install python3 (3.11 or newer)"
+    python3 -c 'import sys; sys.exit(sys.version_info < (3, 11))' ||
+        die "unsflow needs Python 3.11 or newer; python3 is $(python3 -V 2>&1)"
+    make_venv
+else
+    command -v "$PYTHON" >/dev/null 2>&1 || die "$PYTHON not found"
+    "$PYTHON" -c 'import sys; sys.exit(sys.version_info < (3, 11))' ||
+        die "unsflow needs Python 3.11 or newer; $PYTHON is $("$PYTHON" -V 2>&1)"
+fi
 
 log "pip install -e '.[$EXTRAS]' with $PYTHON"
-pip_err=$(mktemp)
-trap 'rm -f "$pip_err"' EXIT
-if ! "$PYTHON" -m pip --version >/dev/null 2>&1; then
-    [ "$PYTHON" = python3 ] || die "$PYTHON has no pip"
-    log "python3 has no pip; using a virtual environment instead"
-    make_venv
-    PYTHON=$VENV/bin/python
-    "$PYTHON" -m pip install -q -e ".[$EXTRAS]"
-elif ! "$PYTHON" -m pip install -q -e ".[$EXTRAS]" 2>"$pip_err"; then
-    if grep -q externally-managed-environment "$pip_err" && [ "$PYTHON" = python3 ]; then
-        log "the system Python is externally managed (PEP 668); using a virtual environment instead"
-        make_venv
-        PYTHON=$VENV/bin/python
-        "$PYTHON" -m pip install -q -e ".[$EXTRAS]"
-    else
-        cat "$pip_err" >&2
-        die "pip install -e '.[$EXTRAS]' failed"
-    fi
-else
-    cat "$pip_err" >&2 # warnings
-fi
+"$PYTHON" -m pip install -q -e ".[$EXTRAS]" || die "pip install -e '.[$EXTRAS]' failed"
 
 if [ "$SERVICES" = 1 ]; then
     bash scripts/services.sh up mosquitto
@@ -109,6 +97,6 @@ fi
 
 log "unsflow installed for $("$PYTHON" -c 'import sys; print(sys.executable)')"
 if [ "$PYTHON" = "$VENV/bin/python" ] && [ "${VIRTUAL_ENV:-}" != "$VENV" ]; then
-    log "activate its environment with: . .venv/bin/activate"
+    log "put unsflow on your PATH with: . .venv/bin/activate   (or run .venv/bin/unsflow)"
 fi
 log "run the tests with: scripts/test.sh"

@@ -12,17 +12,14 @@ cd "$(dirname "${BASH_SOURCE[0]}")/.."
 REPO_ROOT=$PWD
 VENV=$REPO_ROOT/.venv
 SERVICES_DIR=${UNSFLOW_SERVICES_DIR:-$REPO_ROOT/.services}
-# Written after a successful install; holds the interpreter it was for.
-STAMP=$SERVICES_DIR/python-dev.stamp
 
-# Same choice as scripts/setup.sh.
+# Same choice as scripts/setup.sh: UNSFLOW_PYTHON, else this checkout's .venv
+# (whether or not it is activated).
 pick_python() {
     if [ -n "${UNSFLOW_PYTHON:-}" ]; then
         echo "$UNSFLOW_PYTHON"
-    elif [ -z "${VIRTUAL_ENV:-}" ] && [ -x "$VENV/bin/python" ]; then
-        echo "$VENV/bin/python"
     else
-        echo python3
+        echo "$VENV/bin/python"
     fi
 }
 
@@ -43,6 +40,14 @@ stamp_fresh() {
 }
 
 PYTHON=$(pick_python)
+# Written after a successful install; holds the interpreter it was for. Kept
+# beside that interpreter's packages, not in the services dir, which several
+# checkouts may share (UNSFLOW_SERVICES_DIR).
+if [ "$PYTHON" = "$VENV/bin/python" ]; then
+    STAMP=$VENV/unsflow-dev.stamp
+else
+    STAMP=$SERVICES_DIR/python-dev.stamp
+fi
 if ! deps_ok || ! stamp_fresh; then
     bash scripts/setup.sh --extras dev --no-services
     PYTHON=$(pick_python)
@@ -50,7 +55,7 @@ if ! deps_ok || ! stamp_fresh; then
         echo "test: unsflow[dev] still does not import from $REPO_ROOT/src with $PYTHON" >&2
         exit 1
     }
-    mkdir -p "$SERVICES_DIR"
+    mkdir -p "$(dirname "$STAMP")"
     "$PYTHON" -c 'import sys; print(sys.executable)' >"$STAMP"
 fi
 
