@@ -442,10 +442,13 @@ main() {
     return "$rc"
 }
 
-# Services defined in scripts/services.d/*.sh; each adds its name to SERVICES.
+# Services defined in scripts/services.d/*.sh; each adds its name to SERVICES, or to
+# SERVICES_LAST when it needs others running (they come after the rest).
+SERVICES_LAST=()
 for service_file in "$REPO_ROOT"/scripts/services.d/*.sh; do
     # shellcheck source=/dev/null
     . "$service_file"
 done
+SERVICES+=("${SERVICES_LAST[@]}")
 
 main "$@"
