@@ -64,6 +64,9 @@ fi
 # pytest, so that no first-time build runs inside a test's timeout.
 # A service that cannot start fails here, loudly, with its log tail.
 bash scripts/services.sh up mosquitto minio moto kafka
+# The factory-to-core topology's jars (Kafka Connect, Debezium) and PostgreSQL: installed
+# here, started by tests/e2e/test_edge_to_core.py in a data dir of its own.
+bash scripts/services.sh install postgres debezium mm2
 
 # The e2e tests run the `unsflow` command: take the one installed beside this Python.
 PATH="$("$PYTHON" -c 'import os, sys; print(os.path.dirname(sys.executable))'):$PATH"

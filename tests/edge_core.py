@@ -141,6 +141,8 @@ class EdgeCore:
     """
 
     own_factory: bool = False
+    cdc: bool = True  # PostgreSQL and Debezium
+    extras: tuple[str, ...] = ()  # more services of this dir: "mosquitto", "minio"
     debezium_schemas: bool = True
     heap: str | None = None
     run_id: str = field(default_factory=lambda: uuid.uuid4().hex[:8])
@@ -151,6 +153,7 @@ class EdgeCore:
     postgres: dict[str, Any] = field(init=False)
     debezium: dict[str, Any] = field(init=False)
     mm2: dict[str, Any] = field(init=False)
+    extra: dict[str, dict[str, Any]] = field(init=False, default_factory=dict)
     shared_dir: Path = field(init=False)
 
     def __post_init__(self) -> None:
@@ -162,12 +165,14 @@ class EdgeCore:
         self.workdir.chmod(0o755)
         services_dir = self.workdir / "services"
         services_dir.mkdir(mode=0o755)
-        core, core_sasl, core_ctl, pg, dbz = _free_ports(5)
+        core, core_sasl, core_ctl, pg, dbz, mqtt, mqtts, minio = _free_ports(8)
         self.env = {**os.environ, "UNSFLOW_SERVICES_DIR": str(services_dir),
                     "UNSFLOW_KAFKA_CORE_PORT": str(core),
                     "UNSFLOW_KAFKA_CORE_SASL_PORT": str(core_sasl),
                     "UNSFLOW_KAFKA_CORE_CONTROLLER_PORT": str(core_ctl),
                     "UNSFLOW_POSTGRES_PORT": str(pg), "UNSFLOW_DEBEZIUM_PORT": str(dbz),
+                    "UNSFLOW_MQTT_PORT": str(mqtt), "UNSFLOW_MQTTS_PORT": str(mqtts),
+                    "UNSFLOW_MINIO_PORT": str(minio),
                     "UNSFLOW_MM2_TOPICS": rf"e2c\.{self.run_id}\..*",
                     "UNSFLOW_DEBEZIUM_TOPIC_PREFIX": self.cdc_prefix,
                     "UNSFLOW_DEBEZIUM_SCHEMAS": "true" if self.debezium_schemas else "false"}
@@ -217,18 +222,26 @@ class EdgeCore:
         if shared_ca.is_dir():
             shutil.copytree(shared_ca, services_dir / "ca")
         started = time.monotonic()
-        first = [lambda: services("up", ["kafka-core"], self.env, locked=True),
-                 lambda: services("up", ["postgres"], self.env, locked=True)]
+        first = [lambda: services("up", ["kafka-core"], self.env, locked=True)]
+        if self.cdc:
+            first.append(lambda: services("up", ["postgres"], self.env, locked=True))
         if self.own_factory:
             first.append(lambda: services("up", ["kafka"], self.env, locked=True))
+        if self.extras:
+            first.append(lambda: services("up", list(self.extras), self.env, locked=True))
         _parallel(*first)
+        for name in self.extras:
+            self.extra[name] = self._info(name)
         if self.own_factory:
             self.factory = Cluster("factory", self._info("kafka"))
         self.core = Cluster("core", self._info("kafka-core"))
-        self.postgres = self._info("postgres")
-        _parallel(lambda: services("up", ["debezium"], self.env, locked=True),
-                  lambda: services("up", ["mm2"], self.env, locked=True))
-        self.debezium = self._info("debezium")
+        second = [lambda: services("up", ["mm2"], self.env, locked=True)]
+        if self.cdc:
+            self.postgres = self._info("postgres")
+            second.append(lambda: services("up", ["debezium"], self.env, locked=True))
+        _parallel(*second)
+        if self.cdc:
+            self.debezium = self._info("debezium")
         self.mm2 = self._info("mm2")
         self.started_in = time.monotonic() - started
         return self
@@ -258,8 +271,8 @@ class EdgeCore:
         raise AssertionError(f"{name} (pid {pid}) still alive 10 s after SIGKILL")
 
     def close(self) -> None:
-        names = ["mm2", "debezium", "postgres", "kafka-core"] + (["kafka"] if self.own_factory
-                                                                  else [])
+        names = ["mm2", *(["debezium", "postgres"] if self.cdc else []), "kafka-core",
+                 *(["kafka"] if self.own_factory else []), *self.extras]
         try:
             services("down", names, self.env)
         finally:

@@ -1,0 +1,137 @@
+"""MQTT -> core lake, the whole path: delivered msg/s and end-to-end latency p50/p99.
+
+    unsflow simulate -> Mosquitto -> unsflow -> factory Kafka ═MM2═> core Kafka -> unsflow -> MinIO
+
+Method (one run prints one JSON document):
+
+1. A topology of its own (tests/edge_core.py, a temporary directory, free
+   ports): Mosquitto, a factory and a core Kafka, MirrorMaker 2 (SASL_SSL with
+   SCRAM-SHA-512 on both sides), MinIO. The two unsflow processes run the
+   examples' configs (examples/mqtt-to-kafka.json, the `core-uns` source of
+   examples/core-kafka-to-lake.json), hosts aside, the lake flushing at
+   5,000 rows or 1 s.
+2. For each rate: `unsflow simulate --rate R --count R*seconds` publishes QoS 1
+   readings (50 machines x 2 sensors) to a topic space of its own, into a new
+   factory topic (3 partitions) that MirrorMaker already mirrors.
+3. A reading's latency is the time its Parquet object is first seen in MinIO
+   (a listing every 0.2 s; the object is durable then) minus the reading's
+   `timestamp` (its scheduled publish time, epoch ms). Delivered msg/s is the
+   readings over the time from the first publish to the last arrival.
+
+Run: python benchmarks/edge_to_core.py [--rates 1000 3000 6000] [--seconds 20]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+sys.path.insert(0, str(REPO))
+
+from lakewatch import LakeWatch, make_bucket, percentiles  # noqa: E402
+
+from tests.e2e.helpers import UnsflowProcess  # noqa: E402
+from tests.edge_core import EdgeCore  # noqa: E402
+
+
+def example(name: str) -> dict[str, Any]:
+    loaded: dict[str, Any] = json.loads((REPO / "examples" / name).read_text())
+    return loaded
+
+
+def configs(ec: EdgeCore, topic: str, prefix: str, bucket: str,
+            work: Path) -> tuple[dict[str, Any], dict[str, Any]]:
+    mqtt, minio = ec.extra["mosquitto"], ec.extra["minio"]
+    bridge = example("mqtt-to-kafka.json")
+    bridge["mqtt-broker"].update(host=mqtt["host"], port=mqtt["port"],
+                                 **{"client-id": f"bench-bridge-{topic}"})
+    bridge["targets"]["kafka-bridge"].update(
+        topic=topic, **{"bootstrap-servers": ec.factory.sasl_bootstrap,
+                        "ca-file": ec.factory.info["ca_file"]})
+    bridge["subscriptions"] = {f"{prefix}/#": {"qos": 1, "target": "kafka-bridge"}}
+    bridge["dead-letter"] = {"path": str(work / "bridge-dead.jsonl")}
+    core = example("core-kafka-to-lake.json")
+    src = core["sources"]["core-uns"]
+    src.update(topics=[ec.core_topic(topic)], **{
+        "bootstrap-servers": ec.core.sasl_bootstrap, "ca-file": ec.core.info["ca_file"],
+        "group-id": f"bench-{topic}"})
+    lake = core["targets"]["uns-lake"]
+    lake.update({"s3-bucket": bucket, "endpoint": minio["endpoint"],
+                 "batching": {"max-records": 5000, "max-age": 1.0}})
+    return bridge, {"sources": {"core-uns": src}, "targets": {"uns-lake": lake},
+                    "dead-letter": {"path": str(work / "lake-dead.jsonl")}}
+
+
+def start(config: dict[str, Any], work: Path, name: str, env: dict[str, str]) -> UnsflowProcess:
+    path = work / f"{name}.json"
+    path.write_text(json.dumps(config, indent=2))
+    return UnsflowProcess(["run", str(path)], cwd=work, env=env).start()
+
+
+def one_rate(ec: EdgeCore, rate: int, seconds: float, work: Path) -> dict[str, Any]:
+    topic = ec.factory_topic(f"bench{rate}")
+    ec.factory.create_topic(topic, 3)
+    deadline = time.monotonic() + 60
+    while ec.core_topic(topic) not in ec.core.topics():
+        assert time.monotonic() < deadline, "MirrorMaker did not mirror the topic"
+        time.sleep(0.5)
+    prefix = f"bench{rate}"
+    minio, mqtt = ec.extra["minio"], ec.extra["mosquitto"]
+    bucket = make_bucket(minio, f"bench-{ec.run_id}-{rate}")
+    env = {**ec.secrets_env(), "MINIO_CREDENTIAL": json.dumps(
+        {"username": minio["access_key"], "password": minio["secret_key"]})}
+    bridge_cfg, lake_cfg = configs(ec, topic, prefix, bucket, work)
+    procs = [start(bridge_cfg, work, f"bridge{rate}", env), start(lake_cfg, work, f"lake{rate}", env)]
+    watch = LakeWatch(minio, bucket, ["timestamp"])
+    count = int(rate * seconds)
+    try:
+        procs[0].wait_for_log("subscribing", timeout=60)
+        procs[1].wait_for_log("assigned", timeout=60)
+        time.sleep(2)  # the bridge's SUBACK
+        began = time.time()
+        sim = subprocess.Popen(
+            [sys.executable, "-m", "unsflow.cli", "simulate", "--host", mqtt["host"],
+             "--port", str(mqtt["port"]), "--prefix", prefix, "--machines", "50",
+             "--rate", str(rate), "--count", str(count)],
+            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+        ok = watch.wait(count, timeout=seconds * 4 + 120)
+        sim_out = sim.communicate(timeout=120)[0]
+    finally:
+        for p in procs:
+            p.terminate()
+    last = max((a[0] for a in watch.arrivals), default=time.time())
+    latencies = [arrived - ts / 1000 for arrived, ts in watch.arrivals if ts is not None]
+    return {"offered_msg_per_s": rate, "messages": count, "all_arrived": ok,
+            "rows_in_lake": watch.rows,
+            "delivered_msg_per_s": round(watch.rows / (last - began)) if watch.rows else 0,
+            "latency_s": percentiles(latencies),
+            "simulator": sim_out.strip().splitlines()[-1] if sim_out.strip() else ""}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--rates", type=int, nargs="+", default=[1000, 3000, 6000])
+    parser.add_argument("--seconds", type=float, default=20)
+    args = parser.parse_args()
+    ec = EdgeCore(own_factory=True, cdc=False, extras=("mosquitto", "minio"))
+    try:
+        ec.start()
+        runs = [one_rate(ec, rate, args.seconds, ec.workdir) for rate in args.rates]
+        print(json.dumps({"benchmark": "edge_to_core", "seconds_per_rate": args.seconds,
+                          "path": "simulate -> mosquitto -> unsflow -> factory kafka -> mm2 "
+                                  "(SASL_SSL) -> core kafka -> unsflow -> minio parquet",
+                          "lake_batching": {"max-records": 5000, "max-age": 1.0},
+                          "runs": runs}, indent=2))
+    finally:
+        ec.close()
+
+
+if __name__ == "__main__":
+    main()
