@@ -16,7 +16,7 @@
 #   UNSFLOW_MM2_GROUPS    regex of the consumer groups whose offsets are synced (default .*)
 #   UNSFLOW_MM2_SOURCE    factory bootstrap (default 127.0.0.1:<kafka's SASL_SSL port>)
 #   UNSFLOW_MM2_TARGET    core bootstrap (default 127.0.0.1:<kafka-core's SASL_SSL port>)
-#   UNSFLOW_MM2_HEAP      JVM heap options (default -Xmx384m -Xms128m)
+#   UNSFLOW_MM2_HEAP      JVM options, heap and others (default -Xmx384m -Xms128m)
 #   UNSFLOW_MM2_TASKS     tasks.max of the source connector (default 2)
 #
 # Both clusters must be up first (scripts/services.sh up kafka kafka-core), with the
@@ -96,6 +96,12 @@ refresh.groups.interval.seconds=5
 emit.heartbeats.interval.seconds=1
 # The brokers run no authorizer: nothing to copy, and trying fails.
 sync.topic.acls.enabled=false
+# Records to core in batches of up to 256 KiB, lz4 (Connect's producer defaults: 16 KiB,
+# no compression), read from the factory up to 2,000 per poll.
+core.producer.linger.ms=10
+core.producer.batch.size=262144
+core.producer.compression.type=lz4
+factory.consumer.max.poll.records=2000
 # Source offsets committed every second (default 60 s): what a killed MirrorMaker
 # replicates again after its restart (duplicates on core, never a gap).
 offset.flush.interval.ms=1000
@@ -159,7 +165,7 @@ start_mm2() {
     write_mm2_conf
     since=$(($(date +%s) * 1000))
     # shellcheck disable=SC2086 # MM2_HEAP is a list of JVM options
-    setsid "$java" $MM2_HEAP -XX:+UseG1GC -XX:MaxGCPauseMillis=20 -XX:TieredStopAtLevel=1 \
+    setsid "$java" -XX:+UseG1GC -XX:MaxGCPauseMillis=20 $MM2_HEAP \
         -Djava.awt.headless=true -Dlog4j2.configurationFile="$MM2_DIR/log4j2.properties" \
         -cp "$CONNECT_LIBS/*" org.apache.kafka.connect.mirror.MirrorMaker "$MM2_CONF" --clusters core \
         </dev/null >"$MM2_DIR/mm2.stderr" 2>&1 9>&- 8>&- 7>&- &
