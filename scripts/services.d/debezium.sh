@@ -19,7 +19,7 @@
 #   UNSFLOW_DEBEZIUM_TOPIC_PREFIX  topic.prefix of the connector (default line)
 #   UNSFLOW_DEBEZIUM_SCHEMAS       true: JSON envelopes with schemas (default); false: without
 #   UNSFLOW_DEBEZIUM_KAFKA         factory bootstrap (default 127.0.0.1:<kafka's SASL_SSL port>)
-#   UNSFLOW_DEBEZIUM_HEAP          JVM heap options (default -Xmx384m -Xms128m)
+#   UNSFLOW_DEBEZIUM_HEAP          JVM options, heap and others (default -Xmx384m -Xms128m)
 #   UNSFLOW_DEBEZIUM_VERSION       Debezium version (default below)
 #
 # The factory Kafka and PostgreSQL must be up first (scripts/services.sh up kafka
@@ -188,7 +188,7 @@ start_debezium() {
     if [ -f "$DBZ_LOG" ]; then mv -f "$DBZ_LOG" "$DBZ_LOG.1"; fi
     write_debezium_conf
     # shellcheck disable=SC2086 # DBZ_HEAP is a list of JVM options
-    setsid "$java" $DBZ_HEAP -XX:+UseG1GC -XX:MaxGCPauseMillis=20 -XX:TieredStopAtLevel=1 \
+    setsid "$java" -XX:+UseG1GC -XX:MaxGCPauseMillis=20 $DBZ_HEAP \
         -Djava.awt.headless=true -Dlog4j2.configurationFile="$DBZ_DIR/log4j2.properties" \
         -cp "$CONNECT_LIBS/*" org.apache.kafka.connect.cli.ConnectStandalone \
         "$DBZ_WORKER" "$DBZ_DIR/$DBZ_CONNECTOR.properties" \

@@ -277,7 +277,7 @@ kafka_format() {
 }
 
 start_kafka() {
-    local pid port java probe_rc=0
+    local pid port java probe_rc=0 started=$SECONDS
     if pid=$(kafka_pid); then
         log "$KAFKA_NAME already running (pid $pid, data $KAFKA_DIR)"
         port=$(sed -n 's/^listeners=//p' "$KAFKA_CONF")
@@ -340,7 +340,7 @@ start_kafka() {
     esac
 
     write_kafka_info
-    log "$KAFKA_NAME $KAFKA_VERSION running (pid $pid): PLAINTEXT $KAFKA_HOST:$KAFKA_PORT, SASL_SSL $KAFKA_HOST:$KAFKA_SASL_PORT, info $KAFKA_DIR/info.json"
+    log "$KAFKA_NAME $KAFKA_VERSION running (pid $pid): PLAINTEXT $KAFKA_HOST:$KAFKA_PORT, SASL_SSL $KAFKA_HOST:$KAFKA_SASL_PORT, info $KAFKA_DIR/info.json (started in $((SECONDS - started)) s)"
 }
 
 stop_kafka() {

@@ -3,17 +3,19 @@
 The ``postgres`` service of ``scripts/services.sh`` holds the database ``line``
 (``scripts/services.d/linedb.sql``): work orders, maintenance events, quality
 results. :class:`LineDbGenerator` runs transactions against it the way a
-plant's MES would (a new work order; a status change of an earlier one; its
-quality results; maintenance events; now and then a cancelled order deleted),
+plant's MES would (a new work order, often with its quality result or a
+maintenance event; and a status change of an earlier order, a maintenance
+event amended, a cancelled order or a quality result deleted),
 paced to ``rate`` transactions per second over ``workers`` connections, and
 records every row change that committed as a :class:`Change`: the events a
 change data capture of the database must deliver.
 
 Each transaction is one SQL statement (data-modifying CTEs), committed on its
-own: one round trip. A connection lost mid-statement (a database restart) is
-re-established with backoff; the statement in flight then counts as *in
-doubt* (it may or may not have committed; its changes are not recorded), the
-rest goes on.
+own: one round trip. (Not pipelined: statements in one pipeline share an
+implicit transaction until its sync.) A connection lost mid-statement (a
+database restart) is re-established with backoff; the statement in flight
+then counts as *in doubt* (it may or may not have committed; its changes are
+not recorded), the rest goes on.
 
 Command line (prints the stats as JSON)::
 
@@ -192,10 +194,11 @@ class LineDbGenerator:
                 if not self._take(budget):
                     return
                 n += 1
-                params = self._params(rng)
                 try:
-                    rows = conn.execute(_TRANSACTION, params).fetchall()
+                    rows = conn.execute(_TRANSACTION, self._params(rng)).fetchall()
                 except psycopg.OperationalError:
+                    if not conn.broken:
+                        raise  # not a lost connection: a bug in the transaction
                     with self._lock:
                         self.stats.in_doubt += 1
                         self.stats.reconnects += 1
@@ -221,19 +224,22 @@ class LineDbGenerator:
         return None
 
     def _params(self, rng: random.Random) -> dict[str, Any]:
+        # At most one existing row per transaction: two transactions that each lock two
+        # existing rows could take them in opposite orders and deadlock.
+        update_wo = delete_wo = update_me = delete_qr = None
+        pick = rng.random()
         with self._lock:
             orders = self._live["work_orders"]
             events = self._live["maintenance_events"]
             results = self._live["quality_results"]
-            update_wo = rng.choice(orders) if orders and rng.random() < 0.5 else None
-            delete_wo = None
-            if orders and rng.random() < 0.1:
+            if pick < 0.40 and orders:
+                update_wo = rng.choice(orders)
+            elif pick < 0.48 and orders:
                 delete_wo = orders.pop(rng.randrange(len(orders)))
-                if delete_wo == update_wo:
-                    update_wo = None
-            update_me = rng.choice(events) if events and rng.random() < 0.1 else None
-            delete_qr = (results.pop(rng.randrange(len(results)))
-                         if results and rng.random() < 0.05 else None)
+            elif pick < 0.56 and events:
+                update_me = rng.choice(events)
+            elif pick < 0.60 and results:
+                delete_qr = results.pop(rng.randrange(len(results)))
         machine = f"press-{rng.randint(1, 12)}"
         return {
             "line": f"line{rng.randint(1, 4)}", "product": f"P-{rng.randint(100, 140)}",
