@@ -14,14 +14,17 @@ Method (one run prints one JSON document):
    rows or 1 s) for the whole run.
 2. For each rate: `unsflow.testing.linedb` runs transactions (each one
    statement: a new work order, and with some probability its quality result,
-   a maintenance event, a status update, a delete; 1.7 row changes on
-   average) at R per second over 16 connections for S seconds. It records
+   a maintenance event, a status update or a delete; 2.3 row changes on
+   average) at R per second over 32 connections for S seconds. It records
    every committed change.
 3. Lag of a change: the time its Parquet object is first seen in MinIO
    (listing every 0.2 s) minus its commit time in PostgreSQL
-   (`__source_ts_ms`). Sustained transactions/s: the transactions committed
-   over the time from the first commit to the last of their changes in the
-   lake; it equals the offered rate when the path keeps up.
+   (`__source_ts_ms`), split into commit -> Debezium (`__ts_ms`), Debezium ->
+   factory Kafka (the record's timestamp, which MirrorMaker keeps) and
+   factory Kafka -> lake (MirrorMaker, core, unsflow, the 1 s flush).
+   Sustained transactions/s: the transactions committed over the time from
+   the first commit to the last of their changes in the lake; it equals the
+   offered rate when the path keeps up.
 
 Run: python benchmarks/cdc_to_lake.py [--rates 500 1000 2000 5000] [--seconds 20]
      [--schemas]   (JSON envelopes with schemas; default without)
@@ -66,16 +69,22 @@ def lake_config(ec: EdgeCore, bucket: str, work: Path) -> dict[str, Any]:
 
 def one_rate(ec: EdgeCore, watch: LakeWatch, rate: int, seconds: float,
              expected_before: int) -> tuple[dict[str, Any], int]:
-    gen = LineDbGenerator(ec.postgres["dsn"], rate=rate, workers=16, seed=rate)
+    gen = LineDbGenerator(ec.postgres["dsn"], rate=rate, workers=32, seed=rate)
     started = time.time()
     stats = gen.run(seconds=seconds)
     changes = len(gen.committed)
     expected = expected_before + changes
     ok = watch.wait(expected, timeout=seconds * 6 + 120)
-    mine = [(arrived, ts) for arrived, ts in watch.arrivals
+    mine = [(arrived, ts, read, kafka) for arrived, ts, read, kafka in watch.arrivals
             if ts is not None and started * 1000 - 1000 <= ts]
-    last = max((a for a, _ in mine), default=time.time())
-    lags = [arrived - ts / 1000 for arrived, ts in mine]
+    last = max((m[0] for m in mine), default=time.time())
+    lags = [arrived - ts / 1000 for arrived, ts, _, _ in mine]
+    # Where the time goes: commit -> Debezium read it (the envelope's ts_ms); -> its
+    # record in the factory cluster (the record timestamp, kept by MirrorMaker); -> lake.
+    capture = [(read - ts) / 1000 for _, ts, read, _ in mine if read is not None]
+    to_kafka = [kafka.timestamp() - read / 1000 for _, _, read, kafka in mine
+                if read is not None and kafka is not None]
+    to_lake = [arrived - kafka.timestamp() for arrived, _, _, kafka in mine if kafka is not None]
     result = {
         "offered_tx_per_s": rate,
         "committed_tx_per_s": round(stats.rate),
@@ -85,6 +94,9 @@ def one_rate(ec: EdgeCore, watch: LakeWatch, rate: int, seconds: float,
         "sustained_tx_per_s": round(stats.transactions / (last - started)) if mine else 0,
         "sustained_changes_per_s": round(changes / (last - started)) if mine else 0,
         "lag_s": percentiles(lags),
+        "lag_parts_s": {"commit_to_debezium": percentiles(capture),
+                        "debezium_to_factory_kafka": percentiles(to_kafka),
+                        "factory_kafka_to_lake": percentiles(to_lake)},
         "vs_anchor": round(stats.transactions / (last - started) / ANCHOR, 2) if mine else 0,
     }
     return result, expected
@@ -116,7 +128,7 @@ def main() -> None:
             {"username": minio["access_key"], "password": minio["secret_key"]})}
         proc = UnsflowProcess(["run", str(path)], cwd=ec.workdir, env=env).start()
         proc.wait_for_log("assigned", timeout=60)
-        watch = LakeWatch(minio, bucket, ["__source_ts_ms"])
+        watch = LakeWatch(minio, bucket, ["__source_ts_ms", "__ts_ms", "_received_at"])
         runs, expected = [], 0
         for rate in args.rates:
             result, expected = one_rate(ec, watch, rate, args.seconds, expected)

@@ -90,8 +90,15 @@ PROPS
         sed 's/^/producer./' <<<"$sec"
         sed 's/^/admin./' <<<"$sec"
         cat <<PROPS
+# Batches of up to 256 KiB, lz4, several in flight (idempotence keeps their order): with
+# Connect's defaults (16 KiB, one in flight) the producer caps capture at a few
+# thousand events/s, and Debezium's queue, then its reading of the WAL, backs up.
 producer.compression.type=lz4
-producer.linger.ms=5
+producer.linger.ms=10
+producer.batch.size=262144
+producer.acks=all
+producer.enable.idempotence=true
+producer.max.in.flight.requests.per.connection=5
 PROPS
     } >"$DBZ_WORKER"
     cat >"$DBZ_DIR/$DBZ_CONNECTOR.properties" <<PROPS
@@ -116,6 +123,10 @@ snapshot.mode=initial
 tombstones.on.delete=true
 # Confirms the LSN to PostgreSQL regularly even when the captured tables are quiet.
 heartbeat.interval.ms=10000
+# Events handed to Connect per poll, and held between the WAL reader and Connect.
+max.batch.size=4096
+max.queue.size=16384
+poll.interval.ms=100
 PROPS
     connect_log4j "$DBZ_DIR/log4j2.properties" "$DBZ_LOG"
 }
