@@ -409,8 +409,15 @@ main() {
     [ $# -ge 1 ] || usage
     local cmd=$1 name rc=0
     shift
-    local names=("$@")
-    [ ${#names[@]} -gt 0 ] || names=("${SERVICES[@]}")
+    local names=("$@") i
+    if [ ${#names[@]} -eq 0 ]; then
+        names=("${SERVICES[@]}")
+        # Without names, 'down' stops in reverse order: the services that need others first.
+        if [ "$cmd" = down ]; then
+            names=()
+            for ((i = ${#SERVICES[@]} - 1; i >= 0; i--)); do names+=("${SERVICES[i]}"); done
+        fi
+    fi
     for name in "${names[@]}"; do
         declare -F "start_$name" >/dev/null || die "unknown service '$name' (known: ${SERVICES[*]})"
     done
