@@ -10,6 +10,7 @@
     │   ├── TransientError       transient: a retry may succeed (timeout, 5xx, broker busy)
     │   └── PermanentError       retrying cannot fix it; the message goes to the dead letter
     │       └── DecodeError      a payload that cannot be decoded into a record
+    ├── LakeError                the data lake cannot be read (no such directory, bad URL)
     ├── ModelStoreError          the model store cannot be read or written (names store, model)
     │   ├── ModelNotFound        no such model, or no such (complete) version
     │   └── ModelCorrupt         an artifact that cannot be read or loaded
@@ -33,6 +34,7 @@ __all__ = [
     "TransientError",
     "PermanentError",
     "DecodeError",
+    "LakeError",
     "ModelStoreError",
     "ModelNotFound",
     "ModelCorrupt",
@@ -93,6 +95,10 @@ class PermanentError(ComponentError):
 
 class DecodeError(PermanentError):
     """A payload that cannot be decoded into a record."""
+
+
+class LakeError(UnsflowError):
+    """The data lake cannot be read: no such directory, an unsupported URL."""
 
 
 class ModelStoreError(UnsflowError):
