@@ -10,7 +10,7 @@ import pytest
 
 from unsflow.components import Context
 from unsflow.config.models import BrokerConfig, SecretRef
-from unsflow.errors import NotConnected
+from unsflow.errors import AccessDenied
 from unsflow.sources.mqtt import MqttSource
 from unsflow.testing import publish, publish_numbered
 
@@ -180,7 +180,7 @@ async def test_wrong_password_is_a_clear_error(mqtt_broker, topic_prefix):
     ref = SecretRef.model_validate({"secret-name": "bad", "provider": "env"})
     src = MqttSource("uns", cfg, ref, {f"{topic_prefix}/#": 1},
                      Context(env={"BAD_USERNAME": "unsflow", "BAD_PASSWORD": "wrong"}))
-    with pytest.raises(NotConnected, match="refused the login"):
+    with pytest.raises(AccessDenied, match="refused the login"):
         await asyncio.wait_for(src.start(), 20)
 
 
