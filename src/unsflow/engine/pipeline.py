@@ -232,7 +232,10 @@ class Pipeline:
                 self._note_subscriptions(messages)
             else:
                 groups = {t: messages for t in fixed}
-            task = asyncio.create_task(self._deliver(source, groups, token),
+            # Each path's place for this batch, taken now, in source order: every stage
+            # of a path sees its batches in this order (engine/order.py).
+            tickets = {name: self.paths[name].ticket() for name in groups}
+            task = asyncio.create_task(self._deliver(source, groups, tickets, token),
                                        name=f"deliver-{source.id}-{self._batch_no}")
             self._tasks.add(task)
             task.add_done_callback(lambda t, n=len(messages): self._task_done(t, budget, n))
@@ -287,12 +290,14 @@ class Pipeline:
             await self.http.stop()
             self.http = None
 
-    async def _deliver(self, source: Source, groups: dict[str, list[Message]], token: Any) -> None:
+    async def _deliver(self, source: Source, groups: dict[str, list[Message]],
+                       tickets: dict[str, int], token: Any) -> None:
         if len(groups) == 1:
             ((name, batch),) = groups.items()
-            await self.paths[name].handle(batch)
+            await self.paths[name].handle(batch, tickets[name])
         elif groups:
-            await asyncio.gather(*(self.paths[n].handle(b) for n, b in groups.items()))
+            await asyncio.gather(*(self.paths[n].handle(b, tickets[n])
+                                   for n, b in groups.items()))
         source.ack(token)
 
     async def shutdown(self) -> None:
