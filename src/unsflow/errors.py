@@ -11,6 +11,7 @@
     │   └── PermanentError       retrying cannot fix it; the message goes to the dead letter
     │       ├── DecodeError      a payload that cannot be decoded into a record
     │       └── AccessDenied     a refused login, authorisation or ACL: fix the credential
+    ├── ReloadFailed             a valid new config could not start; the previous one runs on
     ├── LakeError                the data lake cannot be read (no such directory, bad URL)
     ├── ModelStoreError          the model store cannot be read or written (names store, model)
     │   ├── ModelNotFound        no such model, or no such (complete) version
@@ -38,6 +39,7 @@ __all__ = [
     "PermanentError",
     "DecodeError",
     "AccessDenied",
+    "ReloadFailed",
     "LakeError",
     "ModelStoreError",
     "ModelNotFound",
@@ -108,6 +110,10 @@ class AccessDenied(PermanentError):
     Retrying with the same settings cannot succeed; at start-up it stops the
     pipeline with this message instead of reconnecting forever.
     """
+
+
+class ReloadFailed(UnsflowError):
+    """A valid config could not be started; the previous one runs again."""
 
 
 class LakeError(UnsflowError):

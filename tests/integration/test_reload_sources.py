@@ -305,7 +305,7 @@ async def test_a_new_broker_that_cannot_be_reached_rolls_back_to_the_old_one(
         (nobody,) = _free_ports(1)
         moved = old.model_copy(update={"mqtt_broker": old.mqtt_broker.model_copy(
             update={"port": nobody})})
-        from unsflow.engine.swap import ReloadFailed
+        from unsflow.errors import ReloadFailed
 
         with pytest.raises(ReloadFailed, match="did not start within 2s"):
             await pipeline.reload(moved)
@@ -316,4 +316,4 @@ async def test_a_new_broker_that_cannot_be_reached_rolls_back_to_the_old_one(
     finally:
         stop.set()
         await asyncio.wait_for(task, 30)
-    assert pipeline.source.broker.port == mqtt_broker.port
+    assert pipeline.source.config.broker.port == mqtt_broker.port

@@ -18,7 +18,7 @@ from unsflow.components import Context
 from unsflow.config.models import BrokerConfig
 from unsflow.errors import AccessDenied, IncompatibleDependency, NotConnected, PermanentError
 from unsflow.sources._mqtt_client import Ack, ClientSettings, GmqttClient, check_gmqtt
-from unsflow.sources.mqtt import MqttSource
+from unsflow.sources.mqtt import MqttSource, MqttSourceConfig
 
 CONNECT, CONNACK, PUBLISH, PUBACK, PUBREC = 0x10, 0x20, 0x30, 0x40, 0x50
 SUBSCRIBE, SUBACK, UNSUBSCRIBE, UNSUBACK, PINGREQ, PINGRESP = 0x80, 0x90, 0xA0, 0xB0, 0xC0, 0xD0
@@ -48,7 +48,8 @@ async def test_a_missing_hook_stops_the_source_before_it_connects(monkeypatch, h
     monkeypatch.delattr(MqttPackageHandler, hook)
     # Nothing listens on port 9: were the check skipped, start() would retry for ever.
     cfg = BrokerConfig.model_validate({"host": "127.0.0.1", "port": 9})
-    src = MqttSource("uns", cfg, None, {"a/#": 1}, Context(env={}))
+    src = MqttSource("uns", MqttSourceConfig(broker=cfg, subscriptions={"a/#": 1}),
+                     Context(env={}))
     with pytest.raises(IncompatibleDependency) as info:
         await asyncio.wait_for(src.start(), 5)
     assert f"MqttPackageHandler.{hook}" in str(info.value)
@@ -263,7 +264,7 @@ async def test_acks_of_a_closed_connection_are_stale_not_sent() -> None:
 async def test_suback_reason_codes_reach_the_caller_and_a_refusal_is_permanent() -> None:
     async with Peer(suback=lambda n: [0x87] * n) as peer:
         cfg = BrokerConfig.model_validate({"host": "127.0.0.1", "port": peer.port})
-        src = MqttSource("uns", cfg, None, {}, Context(env={}))
+        src = MqttSource("uns", MqttSourceConfig(broker=cfg), Context(env={}))
         await src.start()
         try:
             await until(lambda: src.connection_number == 1)

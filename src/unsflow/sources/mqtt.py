@@ -38,11 +38,14 @@ import logging
 import ssl
 import time
 from collections import deque
+from collections.abc import Mapping
 from itertools import chain
-from typing import Any
+from typing import TYPE_CHECKING, Any, Literal, Self
+
+from pydantic import Field
 
 from unsflow.components import Context
-from unsflow.config.models import BrokerConfig, SecretRef
+from unsflow.config.models import BrokerConfig, ComponentConfig, SecretRef
 from unsflow.engine.acks import InOrderAcks
 from unsflow.engine.backoff import Backoff
 from unsflow.errors import AccessDenied, NotConnected, PermanentError, SecretError
@@ -50,7 +53,10 @@ from unsflow.message import Message
 from unsflow.sources._mqtt_client import Ack, ClientSettings, GmqttClient, MqttClient
 from unsflow.sources.base import Source
 
-__all__ = ["MqttSource", "ssl_context"]
+if TYPE_CHECKING:
+    from unsflow.config.models import PipelineConfig
+
+__all__ = ["MqttSource", "MqttSourceConfig", "ssl_context"]
 
 log = logging.getLogger("unsflow.sources.mqtt")
 
@@ -66,18 +72,42 @@ def ssl_context(tls: Any) -> ssl.SSLContext:
     return ctx
 
 
-class MqttSource(Source):
-    """Subscribes to ``subscriptions`` ({filter: qos}) on the broker of ``broker``."""
+class MqttSourceConfig(ComponentConfig):
+    """The UNS broker source. Its keys are the top-level ones of the pipeline config
+    (``mqtt-broker``, ``mqtt-broker-credential``, ``subscriptions``, ``batch-size``),
+    gathered by :meth:`from_pipeline`; it is not an entry of ``sources``."""
 
-    def __init__(self, component_id: str, broker: BrokerConfig, credential: SecretRef | None,
-                 subscriptions: dict[str, int], context: Context, *, batch_size: int = 2000,
-                 max_pending: int = 64) -> None:
-        super().__init__(component_id, context)
-        self.broker = broker
-        self.credential = credential
-        self.subscriptions = dict(subscriptions)
-        self.batch_size = batch_size
-        self.max_pending = max_pending
+    type: Literal["mqtt"] = Field("mqtt", description="Source type: the UNS MQTT broker.")
+    broker: BrokerConfig = Field(default_factory=BrokerConfig,
+                                 description="Connection to the broker.")
+    credential: SecretRef | None = Field(None, description="Username and password.")
+    subscriptions: dict[str, int] = Field(default_factory=dict,
+                                          description="Topic filter to subscription QoS.")
+    batch_size: int = Field(2000, ge=1, le=100000,
+                            description="Most messages in one batch.")
+    max_pending: int = Field(64, ge=1, description="Batches read from the socket and not yet "
+                             "taken by the engine before reading pauses (QoS 0 backpressure).")
+
+    @classmethod
+    def from_pipeline(cls, config: PipelineConfig) -> Self:
+        """The UNS source's config in pipeline config ``config``."""
+        return cls(type="mqtt", broker=config.mqtt_broker,
+                   credential=config.mqtt_broker_credential,
+                   subscriptions={flt: sub.qos for flt, sub in config.subscriptions.items()},
+                   batch_size=config.batch_size)
+
+
+class MqttSource(Source[MqttSourceConfig]):
+    """Subscribes to the config's ``subscriptions`` ({filter: qos}) on its broker."""
+
+    config_class = MqttSourceConfig
+    live_subscriptions = True
+
+    def __init__(self, component_id: str, config: MqttSourceConfig, context: Context) -> None:
+        super().__init__(component_id, config, context)
+        self.subscriptions = dict(config.subscriptions)  # those of the live session
+        self.batch_size = config.batch_size
+        self.max_pending = config.max_pending
         self._client: MqttClient | None = None
         self._pending: list[Message] = []
         self._pending_acks: list[Ack] = []
@@ -85,7 +115,7 @@ class MqttSource(Source):
         self._batch_ready = asyncio.Event()
         self._flush_scheduled = False
         self._acks: InOrderAcks[list[Ack]] = InOrderAcks()
-        self._backoff = Backoff(broker.reconnect_min, broker.reconnect_max)
+        self._backoff = Backoff(config.broker.reconnect_min, config.broker.reconnect_max)
         self._connected = asyncio.Event()
         self._subscribed = asyncio.Event()
         self._stopping = False
@@ -99,15 +129,17 @@ class MqttSource(Source):
     # -- lifecycle ---------------------------------------------------------
 
     async def start(self) -> None:
-        b = self.broker
+        b = self.config.broker
+        ref = self.config.credential
         username = password = None
-        if self.credential is not None:
-            cred = await self.context.resolve_secret(self.credential)
+        if ref is not None:
+            cred = await self.context.resolve_secret(ref)
             if cred.username is None:
-                raise SecretError(f"secret {self.credential.secret_name!r}: no username")
+                raise SecretError(f"secret {ref.secret_name!r}: no username")
             username, password = cred.username, cred.password
         settings = ClientSettings(
-            host=b.host or "localhost", port=b.port or 1883, client_id=b.client_id,
+            host=b.host or "localhost", port=b.port or (8883 if b.tls else 1883),
+            client_id=b.client_id,
             protocol_version=b.protocol_version, persistent=b.persistent,
             session_expiry=b.session_expiry, receive_maximum=b.receive_maximum,
             keepalive=b.keepalive, tls=ssl_context(b.tls) if b.tls else None,
@@ -120,7 +152,7 @@ class MqttSource(Source):
                 return
             except NotConnected as exc:  # AccessDenied and other refusals for good propagate
                 delay = self._backoff.next()
-                log.warning("[%s] %s; retrying in %.1fs", self.id, exc, delay)
+                log.warning("%s; retrying in %.1fs", exc, delay)
                 await asyncio.sleep(delay)
 
     async def stop(self) -> None:
@@ -159,7 +191,18 @@ class MqttSource(Source):
     async def wait_ready(self, timeout: float | None = None) -> None:
         await asyncio.wait_for(self._subscribed.wait(), timeout)
 
-    async def update_subscriptions(self, subscriptions: dict[str, int],
+    def keeps(self, config: MqttSourceConfig) -> bool:
+        """The same broker and login: the connection and session stay; subscriptions and
+        batch size change live (:meth:`reconfigure`)."""
+        live = {"subscriptions": self.config.subscriptions, "batch_size": self.config.batch_size}
+        return config.model_copy(update=live) == self.config
+
+    async def reconfigure(self, config: MqttSourceConfig, timeout: float) -> None:
+        await self.update_subscriptions(config.subscriptions, timeout)
+        self.batch_size = config.batch_size
+        self.config = config
+
+    async def update_subscriptions(self, subscriptions: Mapping[str, int],
                                    timeout: float = 10.0) -> None:
         """Make ``subscriptions`` ({filter: qos}) the filters of the live session.
 
@@ -207,7 +250,7 @@ class MqttSource(Source):
         if refused:
             raise suback_error(refused, self.id)
 
-    def unsubscribe_on_connect(self, filters: set[str]) -> None:
+    def forget_on_connect(self, filters: set[str]) -> None:
         """Unsubscribe ``filters`` when connected: a persistent session may still hold
         filters an earlier source of this client id had (a reload replacing the source)."""
         self._unsubscribe_pending.update(filters)
@@ -227,8 +270,8 @@ class MqttSource(Source):
         if filters:
             client.subscribe(filters).add_done_callback(
                 lambda fut: self._subscribed_on_connect(filters, fut))
-        log.info("[%s] connected to %s:%s, subscribing %d filter(s)", self.id,
-                 self.broker.host, self.broker.port, len(filters))
+        log.info("[%s] connected to %s, subscribing %d filter(s)", self.id,
+                 client.settings.address, len(filters))
 
     def _subscribed_on_connect(self, filters: dict[str, int],
                                fut: asyncio.Future[tuple[int, ...]]) -> None:
