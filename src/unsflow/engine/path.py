@@ -35,8 +35,8 @@ from unsflow.engine.backoff import Backoff
 from unsflow.engine.deadletter import DeadLetter
 from unsflow.engine.metrics import LatencyBuckets
 from unsflow.engine.order import Turnstile
-from unsflow.engine.spool import Spool, SpoolEntry, SpoolFull
-from unsflow.errors import ComponentError, PermanentError, TransientError
+from unsflow.engine.spool import Spool, SpoolEntry
+from unsflow.errors import ComponentError, PermanentError, SpoolFull, TransientError
 from unsflow.message import Failure, Message
 from unsflow.processors.base import Processor
 from unsflow.targets.base import Target

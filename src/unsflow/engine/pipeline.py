@@ -37,6 +37,7 @@ from unsflow.engine.health import HealthServer
 from unsflow.engine.path import TargetPath
 from unsflow.engine.spool import Spool
 from unsflow.engine.topics import TopicMatcher
+from unsflow.errors import NotRunning, UnsflowError
 from unsflow.message import Message
 from unsflow.processors.base import Processor
 from unsflow.sources.base import Source
@@ -238,7 +239,8 @@ class Pipeline:
         if task.cancelled() or self._fatal is None or self._fatal.done():
             return
         exc = task.exception()
-        self._fatal.set_exception(exc or RuntimeError(f"{task.get_name()} ended"))
+        self._fatal.set_exception(exc or UnsflowError(
+            f"{task.get_name()} ended: a source's read() returned for good"))
 
     def fail(self, exc: BaseException) -> None:
         """Stop the pipeline with ``exc`` (``run`` raises it)."""
@@ -256,14 +258,15 @@ class Pipeline:
 
         Returns the :class:`~unsflow.engine.swap.ReloadPlan` applied; raises
         :class:`~unsflow.errors.ReloadFailed` when the new components
-        could not start (the old config is running again). Call it from a task
+        could not start (the old config is running again), and
+        :class:`~unsflow.errors.NotRunning` while the pipeline starts or stops. Call it from a task
         of its own (the config watcher's): a stop cancels that task.
         """
         from unsflow.engine.swap import apply
 
         async with self._reload_lock:
             if not self.running:
-                raise RuntimeError("the pipeline is not running")
+                raise NotRunning("the pipeline is not running (starting or stopping)")
             self._reload_task = asyncio.current_task()
             try:
                 return await apply(self, config, config_hash)
