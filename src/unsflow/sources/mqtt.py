@@ -85,8 +85,9 @@ class MqttSourceConfig(ComponentConfig):
                                           description="Topic filter to subscription QoS.")
     batch_size: int = Field(2000, ge=1, le=100000,
                             description="Most messages in one batch.")
-    max_pending: int = Field(64, ge=1, description="Batches read from the socket and not yet "
-                             "taken by the engine before reading pauses (QoS 0 backpressure).")
+    max_pending: int = Field(default=64, ge=1, description="Batches read from the socket and "
+                             "not yet taken by the engine before reading pauses (QoS 0 "
+                             "backpressure).")
 
     @classmethod
     def from_pipeline(cls, config: PipelineConfig) -> Self:
