@@ -76,6 +76,10 @@ class Source(ABC, Generic[C]):
     async def stop(self) -> None:
         """Close without unsubscribing."""
 
+    def describe_endpoint(self) -> str:
+        """Where the source connects, for logs (host:port, bootstrap servers); no secrets."""
+        return self.id
+
     @property
     def ready(self) -> bool:
         """Connected and subscribed."""

@@ -179,6 +179,9 @@ class MqttSource(Source[MqttSourceConfig]):
         if not await client.ping(timeout):
             log.warning("[%s] broker did not answer PINGREQ before stop", self.id)
 
+    def describe_endpoint(self) -> str:
+        return f"{self.config.broker.host}:{self.config.broker.port}"
+
     @property
     def ready(self) -> bool:
         return self._connected.is_set() and self._subscribed.is_set()
