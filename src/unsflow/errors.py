@@ -13,6 +13,8 @@
     │       └── AccessDenied     a refused login, authorisation or ACL: fix the credential
     ├── ReloadFailed             a valid new config could not start; the previous one runs on
     ├── NotRunning               the pipeline is starting or stopping: a reload cannot begin
+    ├── DeliveryFailed           a batch could be neither delivered nor dead-lettered: the
+    │                            pipeline stops (its source redelivers what was not acked)
     ├── SpoolFull                the spool cannot take a batch now (max-bytes, or the disk refused)
     ├── SpoolInUse               another process holds the spool directory
     ├── LakeError                the data lake cannot be read (no such directory, bad URL)
@@ -49,6 +51,7 @@ __all__ = [
     "AccessDenied",
     "ReloadFailed",
     "NotRunning",
+    "DeliveryFailed",
     "SpoolFull",
     "SpoolInUse",
     "LakeError",
@@ -131,6 +134,13 @@ class ReloadFailed(UnsflowError):
 
 class NotRunning(UnsflowError):
     """The pipeline is not running (starting, or stopping): a reload cannot begin now."""
+
+
+class DeliveryFailed(UnsflowError):
+    """A batch could be neither delivered nor dead-lettered (an unexpected error in the
+    engine or a component): its acknowledgement, and so every later one of its source,
+    can never be sent. The pipeline stops with this error instead of stalling; the
+    source's upstream redelivers what was not acknowledged."""
 
 
 class SpoolFull(UnsflowError):

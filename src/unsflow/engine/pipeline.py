@@ -37,7 +37,7 @@ from unsflow.engine.health import HealthServer
 from unsflow.engine.path import TargetPath
 from unsflow.engine.spool import Spool
 from unsflow.engine.topics import TopicMatcher
-from unsflow.errors import NotRunning, UnsflowError
+from unsflow.errors import DeliveryFailed, NotRunning, UnsflowError
 from unsflow.message import Message
 from unsflow.processors.base import Processor
 from unsflow.sources.base import Source
@@ -142,7 +142,7 @@ class Pipeline:
         cls = registry.load("targets", tcfg.type)
         chain = [self.processors[p] for p in tcfg.processors]
         return TargetPath(cls(name, tcfg, self.context), chain, self.dead_letter,
-                          spool=build_spool(config, name))
+                          spool=build_spool(config, name), on_fatal=self.fail_delivery)
 
     def build_named_source(self, name: str, scfg: Any) -> Source:
         """A source of the ``sources`` section."""
@@ -306,8 +306,8 @@ class Pipeline:
         Returns the :class:`~unsflow.engine.swap.ReloadPlan` applied; raises
         :class:`~unsflow.errors.ReloadFailed` when the new components
         could not start (the old config is running again), and
-        :class:`~unsflow.errors.NotRunning` while the pipeline starts or stops. Call it from a task
-        of its own (the config watcher's): a stop cancels that task.
+        :class:`~unsflow.errors.NotRunning` while the pipeline starts or stops. Call it
+        from a task of its own (the config watcher's): a stop cancels that task.
         """
         from unsflow.engine.swap import apply
 
@@ -345,8 +345,25 @@ class Pipeline:
     def _task_done(self, task: asyncio.Task[None], budget: "_Budget", count: int) -> None:
         self._tasks.discard(task)
         budget.give(count)
-        if not task.cancelled() and task.exception() is not None:
-            log.error("delivery task %s failed: %r", task.get_name(), task.exception())
+        if task.cancelled():
+            return  # a stop or a reload's drain timeout: the source delivers it again
+        exc = task.exception()
+        if exc is not None:
+            # Neither delivered nor dead-lettered: its ack can never be sent, and the source
+            # acknowledges in order, so nothing after it would be either. Stop, loudly.
+            self.fail_delivery(f"delivery task {task.get_name()} failed: "
+                               f"{type(exc).__name__}: {exc}", exc)
+
+    def fail_delivery(self, what: str, cause: BaseException) -> None:
+        """Stop the pipeline with :class:`~unsflow.errors.DeliveryFailed` (``run`` raises it):
+        a batch that can be neither delivered nor dead-lettered must not stall its source."""
+        log.critical("%s; stopping: the batch can be neither delivered nor dead-lettered, so "
+                     "it and every later batch of its source would never be acknowledged "
+                     "(the source delivers them again after a restart)", what)
+        error = DeliveryFailed(f"{what}; stopping (unacknowledged messages are delivered "
+                               "again after a restart)")
+        error.__cause__ = cause
+        self.fail(error)
 
     def route(self, messages: list[Message]) -> dict[str, list[Message]]:
         """Split a batch by topic filters; each distinct target gets a message once."""
