@@ -298,6 +298,11 @@ class Pipeline:
             self._fatal.set_exception(exc)
 
     @property
+    def reloading(self) -> bool:
+        """A reload is being applied (reading stopped; draining, or swapping components)."""
+        return self._reload_task is not None
+
+    @property
     def stopping_on_error(self) -> bool:
         """A reader or a reload rollback failed: ``run`` is about to raise."""
         return self._fatal is not None and self._fatal.done()
