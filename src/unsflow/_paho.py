@@ -75,6 +75,7 @@ class PahoConnection:
         client_id: str | None = None,
         protocol: int = 5,
         persistent: bool = False,
+        end_session: bool = False,
         component_id: str = "",
     ) -> None:
         self.mqtt = paho()
@@ -98,6 +99,15 @@ class PahoConnection:
                 # start 1 from its persistence file after a restart (measured;
                 # clean start 0 is restored), so never ask for clean start here.
                 self._clean_start = False
+            if end_session:
+                # Resume the session (the CONNACK says whether there was one), expiring
+                # it at the disconnect: the broker deletes it and what it queued.
+                from paho.mqtt.packettypes import PacketTypes
+                from paho.mqtt.properties import Properties
+
+                self._connect_properties = Properties(PacketTypes.CONNECT)
+                self._connect_properties.SessionExpiryInterval = 0
+                self._clean_start = False
         else:
             clean_session = not persistent
         self.client = self.mqtt.Client(
@@ -111,6 +121,7 @@ class PahoConnection:
         if tls_ca or tls_cert:
             self.client.tls_set(ca_certs=tls_ca, certfile=tls_cert, keyfile=tls_key)
         self.server_receive_maximum = 65535  # MQTT 5 default when CONNACK names none
+        self.session_present = False  # of the first CONNACK
         self.last_disconnect = ""
         # Called on the loop thread after each later CONNACK with session_present.
         self.on_reconnect: Callable[[bool], None] | None = None
@@ -127,6 +138,8 @@ class PahoConnection:
             self.server_receive_maximum = int(props.ReceiveMaximum)
         if self._connack.is_set() and not reason.is_failure and self.on_reconnect is not None:
             self.on_reconnect(bool(flags.session_present))
+        if not self._connack.is_set():
+            self.session_present = bool(flags.session_present)
         self._connack.set()
 
     def _on_disconnect(
