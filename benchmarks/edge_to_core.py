@@ -43,7 +43,7 @@ from lakewatch import LakeWatch, make_bucket, percentiles  # noqa: E402
 
 from tests.e2e.helpers import UnsflowProcess  # noqa: E402
 from tests.edge_core import EdgeCore  # noqa: E402
-from unsflow.simulator.publisher import MqttPublisher  # noqa: E402
+from unsflow._paho import Publisher  # noqa: E402
 
 
 def example(name: str) -> dict[str, Any]:
@@ -118,7 +118,7 @@ def one_rate(ec: EdgeCore, rate: int, seconds: float, work: Path) -> dict[str, A
 
 def publish_paced(mqtt: dict[str, Any], prefix: str, rate: int, count: int) -> tuple[float, float]:
     """``count`` QoS 1 messages at ``rate`` per second, each stamped when sent; (rate, start)."""
-    pub = MqttPublisher(mqtt["host"], int(mqtt["port"]), qos=1)
+    pub = Publisher(mqtt["host"], int(mqtt["port"]), qos=1)
     pub.open()
     began = time.time()
     start = time.monotonic()

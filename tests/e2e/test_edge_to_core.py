@@ -234,7 +234,7 @@ def lake_state(minio, bucket: str, table: str) -> dict[int, dict[str, Any]]:
     """The documented DuckDB query over the table's change log in MinIO: id -> row."""
     import duckdb
 
-    from unsflow.targets.object_store import open_lake
+    from unsflow.lake import open_lake
 
     changes = open_lake(f"{bucket}/cdc/db=line/schema=public/table={table}",
                         filesystem=minio.arrow_filesystem())
@@ -356,7 +356,7 @@ def test_fault_mm2_killed_and_restarted(edge_core, mqtt_broker, minio, s3_bucket
         return f"MirrorMaker 2 SIGKILLed, back after {time.monotonic() - down:.1f} s"
 
     iot_fault(ec, mqtt_broker, minio, s3_bucket, tmp_path, topic_prefix,
-              "10. MirrorMaker 2 killed", "mm2-kill", fault)
+              "11. MirrorMaker 2 killed", "mm2-kill", fault)
 
 
 def test_fault_core_cluster_stopped_and_restarted(edge_core, mqtt_broker, minio, s3_bucket,
@@ -370,7 +370,7 @@ def test_fault_core_cluster_stopped_and_restarted(edge_core, mqtt_broker, minio,
         return "core cluster down for 5 s"
 
     iot_fault(ec, mqtt_broker, minio, s3_bucket, tmp_path, topic_prefix,
-              "11. core cluster stopped", "core-stop", fault)
+              "12. core cluster stopped", "core-stop", fault)
 
 
 def test_fault_core_unsflow_killed_and_restarted(edge_core, mqtt_broker, minio, s3_bucket,
@@ -385,7 +385,7 @@ def test_fault_core_unsflow_killed_and_restarted(edge_core, mqtt_broker, minio, 
         return "the core unsflow SIGKILLed and started again"
 
     iot_fault(ec, mqtt_broker, minio, s3_bucket, tmp_path, topic_prefix,
-              "12. core unsflow killed", "unsflow-kill", fault)
+              "13. core unsflow killed", "unsflow-kill", fault)
 
 
 def test_fault_postgres_restarted_mid_transactions(edge_core, minio, s3_bucket, tmp_path):
@@ -415,7 +415,7 @@ def test_fault_postgres_restarted_mid_transactions(edge_core, minio, s3_bucket, 
     assert gen.stats.reconnects > 0, "the generator never saw the restart"
     index = {change: i for i, change in enumerate(committed)}
     delivered = collections.Counter({index[e]: n for e, n in events.items() if e in index})
-    report_scenario("13. PostgreSQL restarted", len(committed), delivered,
+    report_scenario("14. PostgreSQL restarted", len(committed), delivered,
                     note=f"row changes; restart after {at} transactions, "
                          f"{gen.stats.in_doubt} in doubt")
     assert_lake_equals_database(ec, minio, s3_bucket)

@@ -23,8 +23,10 @@ import pytest
 from tests.conftest import AwsEndpoint, Broker
 from tests.e2e.helpers import UnsflowProcess
 from tests.e2e.test_reference_config import inference_server  # noqa: F401  (a fixture)
-from unsflow.targets.object_store import open_lake
+from unsflow.lake import open_lake
 from unsflow.testing import Collector, publish
+
+pytestmark = pytest.mark.e2e
 
 EXAMPLES = Path(__file__).parents[2] / "examples"
 
