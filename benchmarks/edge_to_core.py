@@ -17,7 +17,9 @@ Method (one run prints one JSON document):
    topic (3 partitions) that MirrorMaker already mirrors.
 3. A reading's latency is the time its Parquet object is first seen in MinIO
    (a listing every 0.2 s; the object is durable then) minus its `t`: the
-   whole path, the lake's 1 s flush age included. Delivered msg/s is the
+   whole path, the lake's 1 s flush age included; split at the factory
+   bridge's receive time (the Kafka record timestamp, which MirrorMaker keeps,
+   is the row's `_received_at`). Delivered msg/s is the
    readings over the time from the first publish to the last arrival. The
    machine's load average is printed too: the run shares 2 cores with every
    process of the topology (and anything else running).
@@ -94,7 +96,7 @@ def one_rate(ec: EdgeCore, rate: int, seconds: float, work: Path) -> dict[str, A
         {"username": minio["access_key"], "password": minio["secret_key"]})}
     bridge_cfg, lake_cfg = configs(ec, topic, prefix, bucket, work)
     procs = [start(bridge_cfg, work, f"bridge{rate}", env), start(lake_cfg, work, f"lake{rate}", env)]
-    watch = LakeWatch(minio, bucket, ["t"])
+    watch = LakeWatch(minio, bucket, ["t", "_received_at"])
     count = int(rate * seconds)
     try:
         procs[0].wait_for_log("subscribing", timeout=60)
@@ -107,12 +109,19 @@ def one_rate(ec: EdgeCore, rate: int, seconds: float, work: Path) -> dict[str, A
         for p in procs:
             p.terminate()
     last = max((a[0] for a in watch.arrivals), default=time.time())
-    latencies = [arrived - t for arrived, t in watch.arrivals if t is not None]
+    latencies = [arrived - t for arrived, t, _ in watch.arrivals if t is not None]
+    # The factory bridge's receive time travels as the Kafka record timestamp (kept by
+    # MirrorMaker) into the row's _received_at: MQTT + bridge | Kafka, MM2, core, lake.
+    to_bridge = [got.timestamp() - t for _, t, got in watch.arrivals if got is not None]
+    to_lake = [arrived - got.timestamp() for arrived, _, got in watch.arrivals
+               if got is not None]
     return {"offered_msg_per_s": rate, "messages": count, "all_arrived": ok,
             "published_msg_per_s": round(published),
             "rows_in_lake": watch.rows,
             "delivered_msg_per_s": round(watch.rows / (last - began)) if watch.rows else 0,
             "latency_s": percentiles(latencies),
+            "latency_parts_s": {"publish_to_factory_bridge": percentiles(to_bridge),
+                                "factory_bridge_to_core_lake": percentiles(to_lake)},
             "load_average_1m": [round(load_before, 1), round(os.getloadavg()[0], 1)]}
 
 
@@ -140,7 +149,7 @@ def main() -> None:
     parser.add_argument("--rates", type=int, nargs="+", default=[1000, 3000, 6000])
     parser.add_argument("--seconds", type=float, default=20)
     args = parser.parse_args()
-    ec = EdgeCore(own_factory=True, cdc=False, extras=("mosquitto", "minio"))
+    ec = EdgeCore(own_factory=True, quick_jvm=False, cdc=False, extras=("mosquitto", "minio"))
     try:
         ec.start()
         runs = [one_rate(ec, rate, args.seconds, ec.workdir) for rate in args.rates]

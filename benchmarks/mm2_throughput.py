@@ -128,7 +128,7 @@ def main() -> None:
     parser.add_argument("--messages", type=int, default=300000)
     parser.add_argument("--partitions", type=int, default=3)
     args = parser.parse_args()
-    ec = EdgeCore(own_factory=True, cdc=False)
+    ec = EdgeCore(own_factory=True, quick_jvm=False, cdc=False)
     try:
         ec.start()
         topic = ec.factory_topic("bench")
