@@ -109,7 +109,8 @@ def main() -> None:
     parser.add_argument("--schemas", action="store_true",
                         help="JSON envelopes with schemas (schemas.enable=true)")
     args = parser.parse_args()
-    ec = EdgeCore(own_factory=True, quick_jvm=False, cdc=True, extras=("minio",), debezium_schemas=args.schemas)
+    ec = EdgeCore(own_factory=True, quick_jvm=False, cdc=True, extras=("minio",),
+                  debezium_schemas=args.schemas)
     proc = None
     try:
         ec.start()
