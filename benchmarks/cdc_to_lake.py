@@ -36,6 +36,7 @@ import argparse
 import json
 import re
 import sys
+import threading
 import time
 from pathlib import Path
 from typing import Any
@@ -71,7 +72,13 @@ def one_rate(ec: EdgeCore, watch: LakeWatch, rate: int, seconds: float,
              expected_before: int) -> tuple[dict[str, Any], int]:
     gen = LineDbGenerator(ec.postgres["dsn"], rate=rate, workers=32, seed=rate)
     started = time.time()
-    stats = gen.run(seconds=seconds)
+    # Transactions from threads while this one watches the lake (arrival = first seen).
+    runner = threading.Thread(target=gen.run, kwargs={"seconds": seconds})
+    runner.start()
+    while runner.is_alive():
+        watch.poll()
+        time.sleep(0.2)
+    stats = gen.stats
     changes = len(gen.committed)
     expected = expected_before + changes
     ok = watch.wait(expected, timeout=seconds * 6 + 120)

@@ -33,6 +33,7 @@ import argparse
 import json
 import os
 import sys
+import threading
 import time
 from pathlib import Path
 from typing import Any
@@ -46,6 +47,8 @@ from lakewatch import LakeWatch, make_bucket, percentiles  # noqa: E402
 from tests.e2e.helpers import UnsflowProcess  # noqa: E402
 from tests.edge_core import EdgeCore  # noqa: E402
 from unsflow._paho import Publisher  # noqa: E402
+
+MAX_AGE = [1.0]
 
 
 def example(name: str) -> dict[str, Any]:
@@ -71,7 +74,7 @@ def configs(ec: EdgeCore, topic: str, prefix: str, bucket: str,
         "group-id": f"bench-{topic}"})
     lake = core["targets"]["uns-lake"]
     lake.update({"s3-bucket": bucket, "endpoint": minio["endpoint"],
-                 "batching": {"max-records": 5000, "max-age": 1.0}})
+                 "batching": {"max-records": 5000, "max-age": MAX_AGE[0]}})
     return bridge, {"sources": {"core-uns": src}, "targets": {"uns-lake": lake},
                     "dead-letter": {"path": str(work / "lake-dead.jsonl")}}
 
@@ -103,8 +106,16 @@ def one_rate(ec: EdgeCore, rate: int, seconds: float, work: Path) -> dict[str, A
         procs[1].wait_for_log("assigned", timeout=60)
         time.sleep(2)  # the bridge's SUBACK
         load_before = os.getloadavg()[0]
-        published, began = publish_paced(mqtt, prefix, rate, count)
+        # Published from a thread while this one watches the lake: a row's arrival is
+        # when it is first seen, so the watching must go on during the publishing.
+        result: list[tuple[float, float]] = []
+        publisher = threading.Thread(
+            target=lambda: result.append(publish_paced(mqtt, prefix, rate, count)))
+        began = time.time()
+        publisher.start()
         ok = watch.wait(count, timeout=seconds * 4 + 120)
+        publisher.join(120)
+        published = result[0][0] if result else 0.0
     finally:
         for p in procs:
             p.terminate()
@@ -148,7 +159,10 @@ def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--rates", type=int, nargs="+", default=[1000, 3000, 6000])
     parser.add_argument("--seconds", type=float, default=20)
+    parser.add_argument("--max-age", type=float, default=1.0,
+                        help="the lake's batching max-age (seconds)")
     args = parser.parse_args()
+    MAX_AGE[0] = args.max_age
     ec = EdgeCore(own_factory=True, quick_jvm=False, cdc=False, extras=("mosquitto", "minio"))
     try:
         ec.start()
@@ -156,7 +170,7 @@ def main() -> None:
         print(json.dumps({"benchmark": "edge_to_core", "seconds_per_rate": args.seconds,
                           "path": "simulate -> mosquitto -> unsflow -> factory kafka -> mm2 "
                                   "(SASL_SSL) -> core kafka -> unsflow -> minio parquet",
-                          "lake_batching": {"max-records": 5000, "max-age": 1.0},
+                          "lake_batching": {"max-records": 5000, "max-age": args.max_age},
                           "runs": runs}, indent=2))
     finally:
         ec.close()
