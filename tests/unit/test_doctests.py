@@ -7,7 +7,7 @@ import pytest
 
 MODULES = ["unsflow.codecs", "unsflow.engine.acks", "unsflow.testing.memory", "unsflow.testing.mqtt", "unsflow.engine.topics", "unsflow.engine.backoff", "unsflow.processors.remote",
            "unsflow.targets.mqtt", "unsflow.targets.kafka", "unsflow.sources.kafka",
-           "unsflow.engine.metrics", "unsflow.ml.store"]
+           "unsflow.engine.metrics", "unsflow.ml.store", "unsflow.sparkplug"]
 
 
 @pytest.mark.parametrize("name", MODULES)
