@@ -28,7 +28,7 @@ BUILTINS: dict[str, dict[str, str]] = {
     "sources": {
         "mqtt": "unsflow.sources.mqtt:MqttSource",
         "kafka": "unsflow.sources.kafka:KafkaSource",
-        # "opcua": "unsflow.sources.opcua:OpcuaSource",
+        "opcua": "unsflow.sources.opcua:OpcuaSource",
     },
     "processors": {
         "remote": "unsflow.processors.remote:RemoteProcessor",
