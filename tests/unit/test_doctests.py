@@ -7,7 +7,8 @@ import pytest
 
 MODULES = ["unsflow.codecs", "unsflow.engine.acks", "unsflow.testing.memory", "unsflow.testing.mqtt", "unsflow.engine.topics", "unsflow.engine.backoff", "unsflow.processors.remote",
            "unsflow.targets.mqtt", "unsflow.targets.kafka", "unsflow.sources.kafka",
-           "unsflow.engine.metrics", "unsflow.ml.store", "unsflow.sparkplug"]
+           "unsflow.engine.metrics", "unsflow.ml.store", "unsflow.sparkplug",
+           "unsflow.sources.opcua"]
 
 
 @pytest.mark.parametrize("name", MODULES)
