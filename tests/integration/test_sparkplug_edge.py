@@ -353,3 +353,42 @@ async def test_device_death_marks_the_device_offline(edge, mqtt_broker, tmp_path
     finally:
         stop.set()
         await task
+
+
+async def test_the_uns_bridge_example_publishes_plain_json_per_metric(edge, mqtt_broker,
+                                                                      tmp_path, group):
+    """examples/sparkplug-to-uns.json, on this test's group: metrics become retained plain
+    JSON messages on acme/GROUP/EDGE_NODE[/DEVICE]/METRIC."""
+    example = json.loads((Path(__file__).parents[2] / "examples" / "sparkplug-to-uns.json")
+                         .read_text())
+    example["mqtt-broker"] = {"host": mqtt_broker.host, "port": mqtt_broker.port}
+    example["processors"]["sparkplug-to-uns"]["rebirth"]["host"] = mqtt_broker.host
+    example["targets"]["uns"].update({"mqtt-broker-host": mqtt_broker.host,
+                                      "mqtt-broker-port": mqtt_broker.port, "retain": False})
+    example["subscriptions"] = {f.replace("spBv1.0/+/", f"spBv1.0/{group}/"): s
+                                for f, s in example["subscriptions"].items()}
+    example["dead-letter"] = {"path": str(tmp_path / "dead.jsonl")}
+    example["http"] = {"port": 0}
+    pipeline = Pipeline(parse_config(example, env={}), Context(env={}))
+    stop = asyncio.Event()
+    task = asyncio.create_task(pipeline.run(stop))
+    try:
+        await Running(pipeline, tmp_path).until(
+            lambda: task.done() or (pipeline.running and pipeline.source.ready), "subscribed")
+        with Collector(mqtt_broker.host, mqtt_broker.port, f"acme/{group}/#") as out:
+            edge.send(op="connect", alias_base=1)
+            await edge.event("born")
+            sent = (await edge.sent(1))[0]
+            # NBIRTH: 30 metrics + bdSeq + Rebirth; DBIRTH 3; NDATA 30; DDATA 3.
+            got = await asyncio.to_thread(out.wait, 32 + 3 + 30 + 3, 30)
+    finally:
+        stop.set()
+        await task
+    last: dict[str, dict[str, Any]] = {}
+    for topic, payload in got:
+        last[topic] = json.loads(payload)
+    temp = last[f"acme/{group}/edge1/press1/Press/Temperature"]
+    assert temp["value"] == sent["device_values"]["Press/Temperature"]
+    assert temp["datatype"] == "Float" and temp["message_type"] == "DDATA"
+    assert last[f"acme/{group}/edge1/Int64"]["value"] == sent["values"]["Int64"]
+    assert last[f"acme/{group}/edge1/StringArray"]["value"] == ["a", "", "ünï"]
