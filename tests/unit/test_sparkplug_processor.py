@@ -254,3 +254,15 @@ def test_config_validates_in_a_pipeline():
             "processors": {"spb": {"type": "sparkplug", "value-columns": "wide"}},
             "targets": {"lake": {"type": "file", "path": "x", "processors": ["spb"]}},
             "subscriptions": {"spBv1.0/#": {"target": "lake"}}}, env={})
+
+
+async def test_one_output_message_per_sparkplug_message_for_a_batch_target():
+    p = proc(output="message", value_columns="typed")
+    birth = nbirth()
+    out, failures = await p.process([birth, ndata(1, [{"alias": 1, "datatype": "Double",
+                                                       "value": 7.5}])])
+    assert not failures and len(out) == 2
+    assert [r["metric"] for r in out[0].record] == ["bdSeq", "Node Control/Rebirth",
+                                                   "Line/Speed", "Line/Count"]
+    assert out[1].record == [{**out[1].record[0], "metric": "Line/Speed", "value_float": 7.5}]
+    assert out[0].topic == birth.topic
