@@ -156,6 +156,7 @@ class SparkplugStats:
     rebirths: dict[tuple[str, str], int] = field(default_factory=dict)
     rebirth_errors: int = 0
     unknown_alias: int = 0
+    no_metrics: int = 0
 
 
 class SparkplugProcessor(Processor[SparkplugProcessorConfig]):
@@ -227,6 +228,9 @@ class SparkplugProcessor(Processor[SparkplugProcessorConfig]):
                         outputs.append(msg.derive(record=self._state(topic, msg.payload)))
                         continue
                     records = self._decode(topic, msg.payload)
+                    if not records:
+                        self.stats.no_metrics += 1  # a BIRTH or DATA without metrics
+                        continue
                     if per_message:
                         outputs.append(msg.derive(record=records))
                     elif template is None:
@@ -446,6 +450,9 @@ class SparkplugProcessor(Processor[SparkplugProcessorConfig]):
         yield "unsflow_sparkplug_unknown_alias_total", [self.id], self.stats.unknown_alias
         for group, node, device, up in self.online():
             yield "unsflow_sparkplug_online", [self.id, group, node, device], 1 if up else 0
+
+    def outcomes(self) -> dict[str, int]:
+        return {"no-metrics": self.stats.no_metrics, "sequence-gap": sum(self.stats.gaps.values())}
 
     def describe(self) -> dict[str, Any]:
         return {**super().describe(), "rebirth": self.config.rebirth is not None}
