@@ -42,7 +42,7 @@ from unsflow.engine.pipeline import Pipeline
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from common import free_port  # noqa: E402
+from common import free_port
 
 
 def services(command: str, env: dict[str, str]) -> dict[str, Any]:

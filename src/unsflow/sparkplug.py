@@ -26,6 +26,7 @@ payloads).
 from __future__ import annotations
 
 import base64
+import math
 import struct
 import threading
 from collections.abc import Iterable, Mapping
@@ -35,15 +36,15 @@ from typing import Any
 from unsflow.errors import DecodeError, MissingDependency
 
 __all__ = [
-    "NAMESPACE",
-    "MESSAGE_TYPES",
     "DATATYPES",
     "DATATYPE_IDS",
+    "MESSAGE_TYPES",
+    "NAMESPACE",
     "SparkplugTopic",
-    "parse_topic",
     "decode_payload",
     "encode_payload",
     "metric_value",
+    "parse_topic",
     "property_set",
     "rebirth_payload",
 ]
@@ -245,11 +246,13 @@ def _build() -> Any:
 
 def decode_payload(data: bytes) -> Any:
     """A Sparkplug B payload (protobuf message); DecodeError when it is not one."""
+    from google.protobuf.message import DecodeError as ProtobufDecodeError
+
     cls = _payload_class or _build()
     payload = cls()
     try:
         payload.ParseFromString(data)
-    except Exception as exc:  # google.protobuf.message.DecodeError and friends
+    except (ProtobufDecodeError, ValueError) as exc:
         raise DecodeError(f"payload is not a Sparkplug B protobuf payload: {exc}") from None
     return payload
 
@@ -258,7 +261,7 @@ def decode_payload(data: bytes) -> Any:
 
 def _float32(value: float) -> float:
     """The shortest decimal that is the same float32 (1.100000023841858 -> 1.1)."""
-    if value != value or value in (float("inf"), float("-inf")):
+    if not math.isfinite(value):
         return value
     pack, unpack = struct.pack, struct.unpack
     for digits in range(6, 10):

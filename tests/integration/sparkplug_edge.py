@@ -29,7 +29,7 @@ import pysparkplug as psp
 
 HOST, PORT, GROUP, NODE, DEVICE = sys.argv[1], int(sys.argv[2]), *sys.argv[3:6]
 T = psp.DataType
-UTC = dt.timezone.utc
+UTC = dt.UTC
 D1 = dt.datetime(2024, 1, 2, 3, 4, 5, 678000, tzinfo=UTC)
 D2 = dt.datetime(1999, 12, 31, 23, 59, 59, 1000, tzinfo=UTC)
 

@@ -83,7 +83,7 @@ class Running:
         self.task = asyncio.create_task(self.pipeline.run(self.stop))
         return self.pipeline
 
-    async def __aexit__(self, *exc: Any) -> None:
+    async def __aexit__(self, *exc: object) -> None:
         self.stop.set()
         assert self.task is not None
         await self.task
@@ -105,8 +105,11 @@ async def test_every_type_with_timestamps_status_and_topics_and_bad_nodes_left_o
     })
     started = int(time.time() * 1000)
     async with Running(p):
-        got = await until(lambda: (lambda r: len(r) >= len(EXPECTED) + 1 and r)(
-            {r["name"]: r for r in records(tmp_path)}), "a record of every node")
+        def every_node() -> dict[str, Any] | None:
+            by_name = {r["name"]: r for r in records(tmp_path)}
+            return by_name if len(by_name) >= len(EXPECTED) + 1 else None
+
+        got = await until(every_node, "a record of every node")
         plc = p.sources[0][0]
         await until(lambda: p.paths["lake"].stats.accepted >= len(EXPECTED), "lake rows")
     for name, (datatype, value) in EXPECTED.items():
@@ -247,7 +250,9 @@ async def test_values_the_server_queued_during_a_network_break_are_not_lost(opcu
                                     "endpoint": endpoint}})
     try:
         async with Running(p):
-            counters = lambda: [r["value"] for r in records(tmp_path)]  # noqa: E731
+            def counters() -> list[int]:
+                return [r["value"] for r in records(tmp_path)]
+
             await until(lambda: len(counters()) >= 10, "counter values before the break")
             proxy.cut()
             cut_at = counters()[-1]

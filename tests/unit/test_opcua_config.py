@@ -44,7 +44,7 @@ def test_bad_configs_name_the_key(source, words):
 
 
 def test_values_become_what_json_and_the_lake_hold():
-    when = dt.datetime(2024, 1, 2, 3, 4, 5, 678000, tzinfo=dt.timezone.utc)
+    when = dt.datetime(2024, 1, 2, 3, 4, 5, 678000, tzinfo=dt.UTC)
     u = uuid.UUID("0b7c1d2e-3f40-4a5b-8c6d-7e8f9a0b1c2d")
     assert opcua_value([when, u, b"\x01", None, [1.5]]) == \
         [1704164645678, str(u), "AQ==", None, [1.5]]

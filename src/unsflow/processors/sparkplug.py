@@ -75,7 +75,7 @@ from unsflow.sparkplug import (
     rebirth_payload,
 )
 
-__all__ = ["SparkplugProcessor", "SparkplugProcessorConfig", "RebirthConfig"]
+__all__ = ["RebirthConfig", "SparkplugProcessor", "SparkplugProcessorConfig"]
 
 _DATATYPE_NAMES = [DATATYPES[i] for i in range(len(DATATYPES))]
 
@@ -262,8 +262,10 @@ class SparkplugProcessor(Processor[SparkplugProcessorConfig]):
                 self._ask_rebirth(topic, "no NBIRTH seen from this edge node")
         if kind == "NDEATH":
             return [self._death(topic, payload, node)]
+        births: _Births = node
         if kind in ("NCMD", "DCMD"):
-            births = node if topic.device is None else node.devices.get(topic.device, _Births())
+            if topic.device is not None:
+                births = node.devices.get(topic.device, _Births())
             return self._records(topic, payload, seq, births, lenient=True)
         self._check_seq(topic, node, seq)
         if kind == "DBIRTH":
@@ -271,9 +273,7 @@ class SparkplugProcessor(Processor[SparkplugProcessorConfig]):
             device = node.devices[topic.device] = _Births()
             device.learn(payload.metrics)
             return self._records(topic, payload, seq, device, online=True)
-        if topic.device is None:
-            births: _Births = node
-        else:
+        if topic.device is not None:
             births = node.devices.get(topic.device) or _Births(online=False)
         if kind == "DDEATH":
             births.online = False

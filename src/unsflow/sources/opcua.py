@@ -63,7 +63,7 @@ from unsflow.errors import ComponentError, MissingDependency, SecretError
 from unsflow.message import Message
 from unsflow.sources.base import Source
 
-__all__ = ["OpcuaSource", "OpcuaSourceConfig", "OpcuaNodeConfig", "opcua_value"]
+__all__ = ["OpcuaNodeConfig", "OpcuaSource", "OpcuaSourceConfig", "opcua_value"]
 
 log = logging.getLogger("unsflow.sources.opcua")
 
@@ -166,7 +166,7 @@ def _ms(value: dt.datetime | None) -> int | None:
     if value is None:
         return None
     if value.tzinfo is None:
-        value = value.replace(tzinfo=dt.timezone.utc)
+        value = value.replace(tzinfo=dt.UTC)
     return int(value.timestamp() * 1000)
 
 
@@ -264,7 +264,7 @@ class OpcuaSource(Source):
         if client is not None:
             try:
                 await asyncio.wait_for(client.disconnect(), self.config.request_timeout)
-            except (OSError, asyncio.TimeoutError, Exception) as exc:  # closing: report, go on
+            except Exception as exc:  # noqa: BLE001 - closing: report and go on
                 log.warning("[%s] disconnecting from %s: %s", self.id, self.config.endpoint, exc)
 
     @property
@@ -661,5 +661,5 @@ def _why(exc: BaseException) -> str:
 async def _quiet_disconnect(client: Any) -> None:
     try:
         await asyncio.wait_for(client.disconnect(), 5)
-    except (Exception, asyncio.TimeoutError):  # noqa: BLE001 - already broken
-        pass
+    except Exception as exc:  # noqa: BLE001 - already broken; only the reason is of interest
+        log.debug("disconnecting a broken client: %s", _why(exc))
