@@ -267,3 +267,40 @@ async def test_values_the_server_queued_during_a_network_break_are_not_lost(opcu
     first, last = values[0], values[-1]
     missing = sorted(set(range(first, last + 1)) - set(values))
     assert missing == [], f"lost {len(missing)} counter values: {missing[:20]}"
+
+
+async def test_unacknowledged_messages_pause_publishing_and_the_server_keeps_the_values(
+        opcua_server):
+    """Backpressure: at max-pending unacknowledged messages the source turns publishing off;
+    the server queues the Counter's changes meanwhile and sends them when it is back on."""
+    from unsflow.sources.opcua import OpcuaSource, OpcuaSourceConfig
+
+    cfg = OpcuaSourceConfig.model_validate(source(
+        opcua_server, "t", [{"node-id": NS + "Counter", "queue-size": 500}],
+        **{"max-pending": 10}))
+    src = OpcuaSource("plc", cfg, Context(env={}))
+    await src.start()
+    held: list[int] = []
+    values: list[int] = []
+    try:
+        while len(values) < 10:
+            batch, token = await asyncio.wait_for(src.read(), 20)
+            values += [m.record["value"] for m in batch]
+            held.append(token)
+        await until(lambda: src._paused, "publishing to be paused")
+        paused_at = src.received
+        await asyncio.sleep(2)  # ~20 Counter changes, queued by the server
+        # Publishing on, ~20 would have come; one notification message may be on its way.
+        assert src.received - paused_at <= 5, "the server kept publishing while paused"
+        for token in held:
+            src.ack(token)
+        deadline = time.monotonic() + 20
+        while values[-1] < values[0] + 60 and time.monotonic() < deadline:
+            batch, token = await asyncio.wait_for(src.read(), 20)
+            values += [m.record["value"] for m in batch]
+            src.ack(token)
+    finally:
+        await src.stop()
+    assert src.acked == src.received - src.in_flight
+    missing = sorted(set(range(values[0], values[-1] + 1)) - set(values))
+    assert missing == [], f"lost {len(missing)} values while paused: {missing[:20]}"
