@@ -78,7 +78,7 @@ async def run(endpoint: str, items: int, update_ms: int, seconds: float, warmup:
     pipeline = Pipeline(cfg, Context(env={}))
     stop = asyncio.Event()
     task = asyncio.create_task(pipeline.run(stop))
-    source = pipeline.sources[0][0]
+    source = pipeline.sources[0]
     started = time.monotonic()
     while not (source.ready and source.subscribed == items and source.received >= items):
         if time.monotonic() - started > 120 or task.done():

@@ -17,7 +17,7 @@ async def test_server_restart_reconnects_and_recreates_the_subscription(own_opcu
     p = pipeline(tmp_path, {"plc": {**source(own_opcua_server, "records", [
         {"node-id": NS + "Counter"}, {"node-id": NS + "String"}]), "reconnect-max": 2}})
     async with Running(p):
-        src = p.sources[0][0]
+        src = p.sources[0]
         await until(lambda: src.ready and len(records(tmp_path)) >= 5, "values before")
         own_opcua_server.stop()
         stopped_at = int(time.time() * 1000)

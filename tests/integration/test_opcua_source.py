@@ -110,7 +110,7 @@ async def test_every_type_with_timestamps_status_and_topics_and_bad_nodes_left_o
             return by_name if len(by_name) >= len(EXPECTED) + 1 else None
 
         got = await until(every_node, "a record of every node")
-        plc = p.sources[0][0]
+        plc = p.sources[0]
         await until(lambda: p.paths["lake"].stats.accepted >= len(EXPECTED), "lake rows")
     for name, (datatype, value) in EXPECTED.items():
         rec = got[name]
@@ -168,8 +168,8 @@ async def test_a_refused_login_is_reported_and_stops_nothing_else(opcua_server, 
                     >= 5, "values through the good login")
         await until(lambda: any("refused" in r.getMessage() for r in caplog.records),
                     "the refused login in the log")
-        bad = p.sources[1][0]
-        assert not bad.ready and p.sources[0][0].ready
+        bad = p.sources[1]
+        assert not bad.ready and p.sources[0].ready
     refused = [r.getMessage() for r in caplog.records if "refused" in r.getMessage()]
     assert f"OPC UA server {opcua_server.endpoint} refused user 'unsflow'" in refused[0]
     assert "BadUserAccessDenied" in refused[0] or "BadIdentityToken" in refused[0]
@@ -259,7 +259,7 @@ async def test_values_the_server_queued_during_a_network_break_are_not_lost(opcu
             await asyncio.sleep(3)  # the break: ~30 counter values happen meanwhile
             proxy.broken = False
             await until(lambda: counters()[-1] >= cut_at + 50, "values after the break", 60)
-            src = p.sources[0][0]
+            src = p.sources[0]
             assert src.reconnects >= 1
     finally:
         await proxy.close()

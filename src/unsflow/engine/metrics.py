@@ -222,7 +222,7 @@ class PipelineCollector:
                 families[name].add_metric(labels, float(value))
 
         all_ready = True
-        for source, _ in p.sources:
+        for source in p.sources:
             ready = bool(source.ready) and p.running
             all_ready = all_ready and ready
             add("unsflow_source_received_total", [source.id], getattr(source, "received", None))
@@ -268,7 +268,7 @@ class PipelineCollector:
                 [stage], buckets.cumulative(), buckets.sum)
 
         # Components with metrics of their own (sparkplug, opcua) yield (name, labels, value).
-        for component in [*(s for s, _ in p.sources), *p.processors.values()]:
+        for component in [*p.sources, *p.processors.values()]:
             samples = getattr(component, "metric_samples", None)
             if samples is not None:
                 for name, labels, value in samples():

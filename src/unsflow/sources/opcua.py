@@ -221,14 +221,15 @@ class _Item:
     config: OpcuaNodeConfig
 
 
-class OpcuaSource(Source):
+class OpcuaSource(Source[OpcuaSourceConfig]):
     """Subscribes to ``nodes`` of ``endpoint`` (see the module docstring)."""
 
     config_class = OpcuaSourceConfig
+    # OPC UA has no redelivery of acknowledged notifications (see the module docstring).
+    redelivers = False
 
     def __init__(self, component_id: str, config: OpcuaSourceConfig, context: Any) -> None:
-        super().__init__(component_id, context)
-        self.config = config
+        super().__init__(component_id, config, context)
         self._client: Any = None
         self._sub: Any = None
         self._items: dict[Any, _Item] = {}
@@ -266,6 +267,9 @@ class OpcuaSource(Source):
                 await asyncio.wait_for(client.disconnect(), self.config.request_timeout)
             except Exception as exc:  # noqa: BLE001 - closing: report and go on
                 log.warning("[%s] disconnecting from %s: %s", self.id, self.config.endpoint, exc)
+
+    def describe_endpoint(self) -> str:
+        return self.config.endpoint
 
     @property
     def ready(self) -> bool:
