@@ -266,3 +266,11 @@ async def test_one_output_message_per_sparkplug_message_for_a_batch_target():
                                                    "Line/Speed", "Line/Count"]
     assert out[1].record == [{**out[1].record[0], "metric": "Line/Speed", "value_float": 7.5}]
     assert out[0].topic == birth.topic
+
+
+def test_an_unknown_topic_template_field_is_a_config_error():
+    with pytest.raises(Exception, match=r"unknown field\(s\) \['edgenode'\]"):
+        parse_config({
+            "processors": {"spb": {"type": "sparkplug", "topic": "uns/{edgenode}/{metric}"}},
+            "targets": {"out": {"type": "file", "path": "x", "processors": ["spb"]}},
+            "subscriptions": {"spBv1.0/#": {"target": "out"}}}, env={})

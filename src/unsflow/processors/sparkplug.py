@@ -52,13 +52,14 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import string
 import threading
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
-from pydantic import Field
+from pydantic import Field, field_validator
 
 from unsflow.codecs import decode_json, value_column
 from unsflow.config.models import Model, ProcessorConfig, SecretRef, TlsConfig
@@ -83,6 +84,7 @@ log = logging.getLogger("unsflow.processors.sparkplug")
 
 # Decoding costs ~10 us a metric: a batch of this many messages goes to a worker thread.
 _THREAD_MIN = 50
+_TOPIC_FIELDS = {"group", "edge_node", "device", "metric", "message_type"}
 # Seconds between two sequence-gap warnings (a flapping link would flood the log).
 _GAP_LOG_INTERVAL = 10.0
 
@@ -122,6 +124,21 @@ class SparkplugProcessorConfig(ProcessorConfig):
         None, description="Publish NCMD Node Control/Rebirth to an edge node whose aliases "
         "are unknown (its BIRTH was missed); unset: no requests, the messages still go to "
         "the dead letter.")
+
+    @field_validator("topic")
+    @classmethod
+    def _check_topic(cls, value: str | None) -> str | None:
+        if value is None:
+            return None
+        try:
+            fields = {f for _, f, _, _ in string.Formatter().parse(value) if f is not None}
+        except ValueError as exc:
+            raise ValueError(f"not a topic template: {exc}") from None
+        unknown = fields - _TOPIC_FIELDS
+        if unknown:
+            raise ValueError(f"unknown field(s) {sorted(unknown)} (known: "
+                             f"{', '.join(sorted(_TOPIC_FIELDS))})")
+        return value
 
 
 @dataclass
