@@ -13,7 +13,8 @@ Method (one run prints one JSON document):
    items are created, the first values are in), the clock runs for ``--seconds``:
    values received by the source, and rows the lake acknowledged, per second.
    ``offered`` is what the server's update rate allows; the server's own sampling on
-   two cores shared with unsflow caps it too (``cpu`` is unsflow's process CPU).
+   two cores shared with unsflow caps it too (``cpu_percent`` is unsflow's process,
+   ``server_cpu_percent`` the JVM's; 200 is both cores).
 
 Run: python benchmarks/opcua_to_parquet.py [--items 1000 10000] [--update-ms 100]
      [--seconds 20] [--warmup 8]
@@ -60,8 +61,14 @@ def cpu_seconds() -> float:
     return usage.ru_utime + usage.ru_stime
 
 
-async def run(endpoint: str, items: int, update_ms: int, seconds: float, warmup: float,
-              workdir: Path) -> dict[str, Any]:
+def server_cpu_seconds(pid: int) -> float:
+    """utime + stime of the server's JVM (its share of the two cores matters here)."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+async def run(endpoint: str, server_pid: int, items: int, update_ms: int, seconds: float,
+              warmup: float, workdir: Path) -> dict[str, Any]:
     lake = workdir / f"lake-{items}"
     cfg = parse_config({
         "sources": {"plc": {
@@ -91,9 +98,11 @@ async def run(endpoint: str, items: int, update_ms: int, seconds: float, warmup:
     await asyncio.sleep(warmup)
     r0, a0, c0, t0 = source.received, pipeline.paths["lake"].stats.accepted, cpu_seconds(), \
         time.monotonic()
+    s0 = server_cpu_seconds(server_pid)
     await asyncio.sleep(seconds)
     r1, a1, c1, t1 = source.received, pipeline.paths["lake"].stats.accepted, cpu_seconds(), \
         time.monotonic()
+    s1 = server_cpu_seconds(server_pid)
     stop.set()
     await task
     elapsed = t1 - t0
@@ -101,6 +110,7 @@ async def run(endpoint: str, items: int, update_ms: int, seconds: float, warmup:
             "received_values_per_s": round((r1 - r0) / elapsed),
             "lake_rows_per_s": round((a1 - a0) / elapsed),
             "cpu_percent": round(100 * (c1 - c0) / elapsed),
+            "server_cpu_percent": round(100 * (s1 - s0) / elapsed),
             "setup_seconds": round(setup, 1), "measured_seconds": round(elapsed, 1),
             "reconnects": source.reconnects}
 
@@ -120,8 +130,9 @@ async def main() -> None:
     results = []
     try:
         info = services("up", env)
+        pid = int((Path(env["UNSFLOW_SERVICES_DIR"]) / "opcua" / "opcua.pid").read_text())
         for items in args.items:
-            results.append(await run(info["endpoint"], items, args.update_ms, args.seconds,
+            results.append(await run(info["endpoint"], pid, items, args.update_ms, args.seconds,
                                      args.warmup, workdir))
     finally:
         services("down", env)
