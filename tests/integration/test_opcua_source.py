@@ -304,3 +304,51 @@ async def test_unacknowledged_messages_pause_publishing_and_the_server_keeps_the
     assert src.acked == src.received - src.in_flight
     missing = sorted(set(range(values[0], values[-1] + 1)) - set(values))
     assert missing == [], f"lost {len(missing)} values while paused: {missing[:20]}"
+
+
+async def test_an_absolute_deadband_reports_only_changes_beyond_it(opcua_server, tmp_path):
+    """Temperature moves by up to 0.1 per update; with a deadband of 0.5 the server reports
+    only changes larger than that."""
+    node = NS + "Temperature"
+    p = pipeline(tmp_path, {
+        "all": source(opcua_server, "records", [{"node-id": node}], topic="all/{name}"),
+        "banded": source(opcua_server, "records", [{"node-id": node, "deadband": 0.5}],
+                         topic="banded/{name}"),
+    })
+    async with Running(p):
+        await until(lambda: len([r for r in records(tmp_path) if r["_topic"].startswith("all/")])
+                    >= 60, "60 values without a deadband", 60)
+    rows = records(tmp_path)
+    everything = [r["value"] for r in rows if r["_topic"].startswith("all/")]
+    banded = [r["value"] for r in rows if r["_topic"].startswith("banded/")]
+    assert banded, "the first value is always reported"
+    assert len(banded) < len(everything) / 3, (len(banded), len(everything))
+    assert all(abs(b - a) > 0.5 for a, b in zip(banded, banded[1:])), banded
+
+
+async def test_a_client_certificate_from_a_secret(opcua_server, tmp_path):
+    """security-policy Basic256Sha256 with the application certificate and key given as PEM
+    text in a file secret (as a Kubernetes Secret would mount it)."""
+    from asyncua.crypto.cert_gen import setup_self_signed_certificate
+    from cryptography import x509
+    from cryptography.hazmat.primitives import serialization
+    from cryptography.x509.oid import ExtendedKeyUsageOID
+
+    uri = "urn:acme:unsflow:line1"
+    key_file, cert_file = tmp_path / "key.pem", tmp_path / "cert.der"
+    await setup_self_signed_certificate(key_file, cert_file, uri, "localhost",
+                                        [ExtendedKeyUsageOID.CLIENT_AUTH], {})
+    cert_pem = x509.load_der_x509_certificate(cert_file.read_bytes()).public_bytes(
+        serialization.Encoding.PEM).decode()
+    secret = tmp_path / "opcua-cert.json"
+    secret.write_text(json.dumps({"username": uri, "certificate": cert_pem,
+                                  "private_key": key_file.read_text()}))
+    p = pipeline(tmp_path, {"plc": source(
+        opcua_server, "records", [{"node-id": NS + "String"}],
+        certificate={"secret-name": "opcua-cert", "provider": "file", "path": str(secret)},
+        **{"security-policy": "Basic256Sha256", "security-mode": "SignAndEncrypt",
+           "certificate-dir": str(tmp_path / "unused")})})
+    async with Running(p):
+        got = await until(lambda: records(tmp_path), "a value over the secured channel")
+    assert got[0]["value"] == "héllo wörld"
+    assert not (tmp_path / "unused").exists()  # the secret's certificate, not a made one

@@ -294,8 +294,20 @@ class OpcuaSource(Source[OpcuaSourceConfig]):
                 raise SecretError(f"secret {c.certificate.secret_name!r}: expected 'certificate' "
                                   f"and 'private_key' (PEM text) besides 'username' (the "
                                   f"application URI)")
+            from asyncua.crypto import uacrypto
+            from cryptography import x509
+            from cryptography.hazmat.primitives.serialization import load_pem_private_key
+
+            try:
+                x509.load_pem_x509_certificate(cert.encode())
+                load_pem_private_key(key.encode(), None)
+            except (ValueError, TypeError) as exc:
+                raise SecretError(f"secret {c.certificate.secret_name!r}: 'certificate' and "
+                                  f"'private_key' must be PEM text (an unencrypted key): "
+                                  f"{exc}") from None
             login["application_uri"] = cred.username
-            login["certificate"], login["private_key"] = cert.encode(), key.encode()
+            login["certificate"] = uacrypto.CertProperties(cert.encode(), extension="pem")
+            login["private_key"] = uacrypto.CertProperties(key.encode(), extension="pem")
         return login
 
     async def _client_for(self) -> Any:
