@@ -9,7 +9,7 @@ import pytest
 
 from unsflow.config.loading import parse_config
 from unsflow.errors import ConfigError
-from unsflow.sources.opcua import opcua_value
+from unsflow.sources._opcua_values import opcua_value
 
 
 def cfg(**source):

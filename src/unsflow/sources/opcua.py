@@ -39,14 +39,10 @@ Guarantees and limits:
 from __future__ import annotations
 
 import asyncio
-import base64
 import dataclasses
-import datetime as dt
-import enum
 import logging
 import string
 import time
-import uuid
 from collections import deque
 from collections.abc import Iterator
 from pathlib import Path
@@ -61,6 +57,7 @@ from unsflow.engine.acks import InOrderAcks
 from unsflow.engine.topics import topic_problem
 from unsflow.errors import ComponentError, MissingDependency, SecretError
 from unsflow.message import Message
+from unsflow.sources._opcua_values import epoch_ms, opcua_value, status_name
 from unsflow.sources.base import Source
 
 __all__ = ["OpcuaNodeConfig", "OpcuaSource", "OpcuaSourceConfig", "opcua_value"]
@@ -160,54 +157,6 @@ class OpcuaSourceConfig(SourceConfig):
         if (self.security_policy == "None") != (self.security_mode == "None"):
             raise ValueError("security-policy None goes with security-mode None, and only then")
         return self
-
-
-def _ms(value: dt.datetime | None) -> int | None:
-    if value is None:
-        return None
-    if value.tzinfo is None:
-        value = value.replace(tzinfo=dt.UTC)
-    return int(value.timestamp() * 1000)
-
-
-def opcua_value(value: Any) -> Any:
-    """An OPC UA value as JSON-able Python: numbers, bools and text as they are; DateTime as
-    epoch ms; ByteString as base64; Guid, NodeId, QualifiedName as text; LocalizedText as its
-    text; structures as objects; an undecodable structure as its type id and base64 body.
-
-    >>> import datetime as dt
-    >>> opcua_value([1, 2.5, dt.datetime(2024, 1, 2, tzinfo=dt.timezone.utc), b"\\x00\\xff"])
-    [1, 2.5, 1704153600000, 'AP8=']
-    """
-    if value is None or isinstance(value, (bool, int, float, str)):
-        return int(value) if isinstance(value, enum.IntEnum) else value
-    if isinstance(value, (list, tuple)):
-        return [opcua_value(v) for v in value]
-    if isinstance(value, dt.datetime):
-        return _ms(value)
-    if isinstance(value, (bytes, bytearray)):
-        return base64.b64encode(value).decode("ascii")
-    if isinstance(value, uuid.UUID):
-        return str(value)
-    if isinstance(value, enum.Enum):
-        return value.value
-    kind = type(value).__name__
-    if kind == "LocalizedText":
-        return value.Text
-    if kind in ("NodeId", "ExpandedNodeId", "QualifiedName"):
-        return value.to_string()
-    if kind == "StatusCode":
-        return int(value.value)
-    if kind == "Variant":
-        return opcua_value(value.Value)
-    if kind == "XmlElement":
-        return str(value.Value)
-    if kind == "ExtensionObject":  # a structure nobody could decode: kept, not dropped
-        return {"type_id": value.TypeId.to_string(),
-                "body_base64": base64.b64encode(value.Body or b"").decode("ascii")}
-    if dataclasses.is_dataclass(value):
-        return {f.name: opcua_value(getattr(value, f.name)) for f in dataclasses.fields(value)}
-    return str(value)
 
 
 @dataclasses.dataclass
@@ -602,9 +551,9 @@ class OpcuaSource(Source[OpcuaSourceConfig]):
         record: dict[str, Any] = {
             "node_id": item.node_id, "browse_name": item.browse_name, "name": item.name,
             "datatype": datatype,
-            "source_timestamp": _ms(dv.SourceTimestamp),
-            "server_timestamp": _ms(dv.ServerTimestamp),
-            "status": _status_name(code), "status_code": code,
+            "source_timestamp": epoch_ms(dv.SourceTimestamp),
+            "server_timestamp": epoch_ms(dv.ServerTimestamp),
+            "status": status_name(code), "status_code": code,
         }
         value = opcua_value(raw)
         if self.config.value_columns == "typed":
@@ -655,17 +604,6 @@ def _asyncua() -> Any:
     except ImportError as exc:
         raise MissingDependency("asyncua", "opcua") from exc
     return asyncua
-
-
-def _status_name(code: int) -> str:
-    if code == 0:
-        return "Good"
-    from asyncua.ua.status_codes import get_name_and_doc
-
-    try:
-        return get_name_and_doc(code)[0]
-    except KeyError:
-        return f"0x{code:08X}"
 
 
 def _why(exc: BaseException) -> str:
