@@ -11,7 +11,10 @@
 //   Plant/Line1/Temperature  Double, changes every UPDATE_MS
 //   Plant/Line1/Opaque   a server-specific structure no client can decode
 //   Bench/V<i>           BENCH_NODES Doubles, all changed every UPDATE_MS
-// Prints "READY" on stdout once listening.
+// Counter, Temperature and Bench/V<i> push every change to their monitored items (event
+// driven, whatever the sampling interval), so a value missing on the client was lost on the
+// way, not skipped by a late sample on a busy machine. Other nodes are sampled (Milo's
+// SubscriptionModel). Prints "READY" on stdout once listening.
 
 import java.io.File;
 import java.io.FileInputStream;
@@ -25,8 +28,11 @@ import java.util.ArrayList;
 import java.util.Date;
 import java.util.LinkedHashSet;
 import java.util.List;
+import java.util.Map;
 import java.util.Set;
 import java.util.UUID;
+import java.util.concurrent.ConcurrentHashMap;
+import java.util.concurrent.CopyOnWriteArrayList;
 import java.util.concurrent.CompletableFuture;
 import java.util.concurrent.Executors;
 import java.util.concurrent.ScheduledExecutorService;
@@ -43,6 +49,7 @@ import org.eclipse.milo.opcua.sdk.server.identity.UsernameIdentityValidator;
 import org.eclipse.milo.opcua.sdk.server.nodes.UaFolderNode;
 import org.eclipse.milo.opcua.sdk.server.nodes.UaVariableNode;
 import org.eclipse.milo.opcua.sdk.server.util.SubscriptionModel;
+import org.eclipse.milo.opcua.stack.core.AttributeId;
 import org.eclipse.milo.opcua.stack.core.Identifiers;
 import org.eclipse.milo.opcua.stack.core.security.DefaultCertificateManager;
 import org.eclipse.milo.opcua.stack.core.security.DefaultTrustListManager;
@@ -165,6 +172,9 @@ public class OpcuaTestServer {
         final SubscriptionModel subscriptions;
         final int benchNodes;
         final List<UaVariableNode> bench = new ArrayList<>();
+        // Changing nodes and the monitored items their changes are pushed to.
+        final Map<NodeId, UaVariableNode> dynamic = new ConcurrentHashMap<>();
+        final Map<NodeId, List<DataItem>> pushed = new ConcurrentHashMap<>();
         UaVariableNode counter;
         UaVariableNode temperature;
         long tick;
@@ -246,35 +256,87 @@ public class OpcuaTestServer {
                 bench.add(variable(benchFolder, "Bench/V" + i, "V" + i, Identifiers.Double,
                     new Variant((double) i)));
             }
+            dynamic.put(counter.getNodeId(), counter);
+            dynamic.put(temperature.getNodeId(), temperature);
+            for (UaVariableNode n : bench) {
+                dynamic.put(n.getNodeId(), n);
+            }
+        }
+
+        void change(UaVariableNode node, Object value) {
+            DataValue dv = new DataValue(new Variant(value));
+            node.setValue(dv);
+            List<DataItem> items = pushed.get(node.getNodeId());
+            if (items != null) {
+                for (DataItem item : items) {
+                    if (item.isSamplingEnabled()) {
+                        item.setValue(dv);
+                    }
+                }
+            }
+        }
+
+        boolean isPushed(DataItem item) {
+            return dynamic.containsKey(item.getReadValueId().getNodeId())
+                && AttributeId.Value.uid().equals(item.getReadValueId().getAttributeId());
         }
 
         void tick() {
             tick++;
-            counter.setValue(new DataValue(new Variant(tick)));
-            temperature.setValue(new DataValue(new Variant(20.0 + Math.sin(tick / 10.0))));
+            change(counter, tick);
+            change(temperature, 20.0 + Math.sin(tick / 10.0));
             for (int i = 0; i < bench.size(); i++) {
-                bench.get(i).setValue(new DataValue(new Variant(tick + i / 100000.0)));
+                change(bench.get(i), tick + i / 100000.0);
             }
+        }
+
+        List<DataItem> sampled(List<DataItem> items) {
+            List<DataItem> out = new ArrayList<>();
+            for (DataItem item : items) {
+                if (!isPushed(item)) {
+                    out.add(item);
+                }
+            }
+            return out;
         }
 
         @Override
         public void onDataItemsCreated(List<DataItem> items) {
-            subscriptions.onDataItemsCreated(items);
+            for (DataItem item : items) {
+                if (isPushed(item)) {
+                    NodeId id = item.getReadValueId().getNodeId();
+                    pushed.computeIfAbsent(id, k -> new CopyOnWriteArrayList<>()).add(item);
+                    item.setValue(dynamic.get(id).getValue());  // the initial value
+                }
+            }
+            subscriptions.onDataItemsCreated(sampled(items));
         }
 
         @Override
         public void onDataItemsModified(List<DataItem> items) {
-            subscriptions.onDataItemsModified(items);
+            subscriptions.onDataItemsModified(sampled(items));
         }
 
         @Override
         public void onDataItemsDeleted(List<DataItem> items) {
-            subscriptions.onDataItemsDeleted(items);
+            for (DataItem item : items) {
+                List<DataItem> list = pushed.get(item.getReadValueId().getNodeId());
+                if (list != null) {
+                    list.remove(item);
+                }
+            }
+            subscriptions.onDataItemsDeleted(sampled(items));
         }
 
         @Override
         public void onMonitoringModeChanged(List<MonitoredItem> items) {
-            subscriptions.onMonitoringModeChanged(items);
+            List<MonitoredItem> out = new ArrayList<>();
+            for (MonitoredItem item : items) {
+                if (!(item instanceof DataItem && isPushed((DataItem) item))) {
+                    out.add(item);
+                }
+            }
+            subscriptions.onMonitoringModeChanged(out);
         }
     }
 }
