@@ -112,7 +112,7 @@ async def run(endpoint: str, server_pid: int, items: int, update_ms: int, second
             "cpu_percent": round(100 * (c1 - c0) / elapsed),
             "server_cpu_percent": round(100 * (s1 - s0) / elapsed),
             "setup_seconds": round(setup, 1), "measured_seconds": round(elapsed, 1),
-            "reconnects": source.reconnects}
+            "reconnects": source.reconnects, "backpressure_pauses": source.pauses}
 
 
 async def main() -> None:

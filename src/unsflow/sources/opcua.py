@@ -193,6 +193,7 @@ class OpcuaSource(Source[OpcuaSourceConfig]):
         self.received = 0
         self.acked = 0
         self.reconnects = 0
+        self.pauses = 0  # times publishing was turned off for backpressure
         self.bad_nodes: dict[str, str] = {}  # configured node -> why it is not monitored
         self.subscribed = 0
 
@@ -523,6 +524,8 @@ class OpcuaSource(Source[OpcuaSourceConfig]):
     async def _set_publishing(self, on: bool) -> None:
         sub = self._sub
         self._paused = not on
+        if not on:
+            self.pauses += 1
         self._resume.clear()
         if sub is None:
             return
