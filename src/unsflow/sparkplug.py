@@ -246,13 +246,13 @@ def _build() -> Any:
 
 def decode_payload(data: bytes) -> Any:
     """A Sparkplug B payload (protobuf message); DecodeError when it is not one."""
-    from google.protobuf.message import DecodeError as ProtobufDecodeError
+    from google.protobuf.message import Error as ProtobufError
 
     cls = _payload_class or _build()
     payload = cls()
     try:
         payload.ParseFromString(data)
-    except (ProtobufDecodeError, ValueError) as exc:
+    except (ProtobufError, ValueError) as exc:  # DecodeError is a protobuf Error
         raise DecodeError(f"payload is not a Sparkplug B protobuf payload: {exc}") from None
     return payload
 

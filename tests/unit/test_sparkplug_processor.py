@@ -274,3 +274,17 @@ def test_an_unknown_topic_template_field_is_a_config_error():
             "processors": {"spb": {"type": "sparkplug", "topic": "uns/{edgenode}/{metric}"}},
             "targets": {"out": {"type": "file", "path": "x", "processors": ["spb"]}},
             "subscriptions": {"spBv1.0/#": {"target": "out"}}}, env={})
+
+
+@pytest.mark.parametrize("name", ["Error", "DecodeError", "EncodeError"])
+async def test_every_protobuf_error_is_a_failure_for_the_dead_letter(name, monkeypatch):
+    """The protobuf boundary: no exception of google.protobuf.message escapes the processor
+    (tests/unit/test_error_boundaries.py does this for the other libraries)."""
+    import google.protobuf.message as pb
+
+    cls = _build()
+    monkeypatch.setattr(cls, "ParseFromString", lambda self, data: (_ for _ in ()).throw(
+        getattr(pb, name)("boom")))
+    out, failures = await proc().process([ndata(1, [])])
+    assert out == [] and len(failures) == 1
+    assert "not a Sparkplug B protobuf payload: boom" in failures[0].error
