@@ -51,6 +51,10 @@ class Source(ABC):
     async def stop(self) -> None:
         """Close without unsubscribing."""
 
+    async def leave(self, timeout: float) -> None:
+        """Before a stop, while still being read: give back this member's share of a
+        group that others go on consuming (MQTT ``$share`` filters). Default: nothing."""
+
     @property
     def ready(self) -> bool:
         """Connected and subscribed."""

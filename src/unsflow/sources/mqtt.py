@@ -12,7 +12,9 @@ Guarantees:
   from the socket pauses when ``max_pending`` batches wait (backpressure).
 - A persistent session (fixed client id, clean start off, session expiry)
   keeps subscriptions and queued messages while the process is down. Stop
-  disconnects without unsubscribing.
+  disconnects without unsubscribing, except for shared subscriptions
+  (``$share/GROUP/FILTER``): :meth:`MqttSource.leave` first gives this
+  member's share back (see there), unless ``leave-shared-on-stop`` is off.
 - Reconnects use capped, jittered backoff and re-subscribe every filter.
 - :meth:`MqttSource.update_subscriptions` changes the filters on the live
   connection (a config reload): added filters and changed QoS are
@@ -85,6 +87,8 @@ class MqttSource(Source):
         self._pong: asyncio.Future[None] | None = None
         # SUBSCRIBE packet id -> future of the SUBACK's reason codes (update_subscriptions).
         self._suback_waiters: dict[int, asyncio.Future[tuple[int, ...]]] = {}
+        # UNSUBSCRIBE packet id -> future of the UNSUBACK (leave).
+        self._unsuback_waiters: dict[int, asyncio.Future[None]] = {}
         # Filters removed while disconnected: unsubscribed on the next connect.
         self._unsubscribe_pending: set[str] = set()
         self._hold_open = False  # waiting for a SUBACK: do not pause reading
@@ -122,6 +126,7 @@ class MqttSource(Source):
         client.on_connect = self._on_connect
         client.on_disconnect = self._on_disconnect
         client.on_subscribe = self._on_subscribe
+        client.on_unsubscribe = self._on_unsubscribe
         self._client, self._handler = client, handler
         ssl_arg: Any = ssl_context(b.tls) if b.tls else False
         version = MQTTv50 if v5 else MQTTv311
@@ -148,6 +153,83 @@ class MqttSource(Source):
                 await asyncio.wait_for(self._client.disconnect(), 5)
             except (OSError, asyncio.TimeoutError):
                 pass
+
+    async def leave(self, timeout: float) -> None:
+        """Give this member's share of its ``$share`` groups back before a stop.
+
+        Mosquitto deals a shared subscription's messages to every member whose
+        session holds it, connected or not: a member that disconnects keeping
+        its ``$share`` filters is dealt its share until its session expires,
+        and those messages never reach the other members (measured:
+        docs/deploy.md). So a stopping member unsubscribes its shared filters
+        (UNSUBACK awaited), then goes on reading: what the broker had already
+        sent or queued for this session still arrives and is delivered and
+        acknowledged as usual. It is done when nothing is in flight and a
+        PINGREQ round trip brought nothing new (a broker answers a
+        connection's packets in order, so messages it released after our
+        last acks arrive before the PINGRESP). A restart subscribes again.
+
+        Reading must go on while this runs (the pipeline calls it before it
+        stops its readers). Returns after ``timeout`` seconds at most; nothing
+        happens without shared filters or with ``leave-shared-on-stop`` off.
+        """
+        shared = [f for f in self.subscriptions if f.startswith("$share/")]
+        client = self._client
+        if not shared or client is None or not self.broker.leave_shared_on_stop:
+            return
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout
+        # A reconnect meanwhile must not subscribe them again.
+        client._remove_subscriptions(shared)
+        conn = self._handler.current_connection if self._handler else None
+        if not self._connected.is_set() or conn is None or conn.is_closing():
+            log.warning("[%s] stopping while disconnected: shared filter(s) %s stay in the "
+                        "session", self.id, ", ".join(shared))
+            return
+        waiter: asyncio.Future[None] = loop.create_future()
+        self._unsuback_waiters[client._connection.unsubscribe(shared)] = waiter
+        try:
+            await asyncio.wait_for(waiter, max(0.0, deadline - loop.time()))
+        except TimeoutError:
+            log.warning("[%s] no UNSUBACK for %s before the stop deadline", self.id,
+                        ", ".join(shared))
+            return
+        log.info("[%s] left shared subscription(s) %s; taking what is still in flight",
+                 self.id, ", ".join(shared))
+        taken = self.received
+        while loop.time() < deadline:
+            if self.in_flight or self._pending or self._batches:
+                await asyncio.sleep(0.02)
+                continue
+            before = self.received
+            if not await self._ping(max(0.0, deadline - loop.time())):
+                break
+            if self.received == before and not self._pending and not self.in_flight:
+                log.info("[%s] shared share handed back: %d message(s) taken after "
+                         "unsubscribing", self.id, self.received - taken)
+                return
+        log.warning("[%s] stop deadline reached with %d message(s) in flight: they stay in "
+                    "this client id's session", self.id, self.in_flight)
+
+    async def _ping(self, timeout: float) -> bool:
+        """One PINGREQ/PINGRESP round trip; False when it did not complete in time."""
+        conn = self._handler.current_connection if self._handler else None
+        if conn is None or conn.is_closing():
+            return False
+        self._pong = asyncio.get_running_loop().create_future()
+        conn._send_ping_request()
+        try:
+            await asyncio.wait_for(self._pong, timeout)
+            return True
+        except TimeoutError:
+            return False
+        finally:
+            self._pong = None
+
+    def _on_unsubscribe(self, client: Any, mid: int, codes: Any) -> None:
+        waiter = self._unsuback_waiters.pop(mid, None)
+        if waiter is not None and not waiter.done():
+            waiter.set_result(None)
 
     async def _ack_barrier(self, timeout: float = 2.0) -> None:
         """Wait until the broker has processed every PUBACK sent so far.
