@@ -6,7 +6,7 @@ Method (one run prints one JSON document):
 1. A Mosquitto of its own (``scripts/services.sh`` in a temporary directory, free
    ports), the project's test settings (``max_inflight_messages 1000``, persistence).
 2. For each N: N persistent sessions subscribe ``$share/bench/bench/#`` at QoS 1
-   (client ids member-0..N-1) and go offline; M messages (~70-byte JSON) are
+   (client ids member-N-0..N-1, group benchN) and go offline; M messages (~70-byte JSON) are
    published at QoS 1 into the group. Mosquitto deals a shared subscription's
    messages round robin over its members, offline ones included, so each
    session holds M/N: a backlog measures how fast the members take messages,
@@ -42,10 +42,9 @@ sys.path.insert(0, str(REPO / "src"))
 from common import payload, peak_rss_mib  # noqa: E402
 from mqtt_to_parquet import count_rows, start_broker, stop_broker  # noqa: E402
 
-from unsflow.testing import publish  # noqa: E402
+from unsflow.testing import end_session, publish  # noqa: E402
 
 TOPIC = "bench/site1/line1/press/vibration"
-SHARED = "$share/bench/bench/#"
 TICKS = os.sysconf("SC_CLK_TCK")
 
 
@@ -56,12 +55,15 @@ def cpu_seconds(pid: int) -> float:
 
 def run(broker: dict, broker_pid: int, processes: int, n: int, workdir: Path) -> dict:
     root = workdir / f"n{processes}"
+    # A group of its own, and (below) its sessions ended after the run: a session left
+    # over from another run would be dealt a share of this one's messages.
+    shared = f"$share/bench{processes}/bench/#"
     config = {
         "mqtt-broker": {"host": broker["host"], "port": broker["port"], "clean-start": False,
                         "receive-maximum": 10000, "leave-shared-on-stop": False},
         "targets": {"lake": {"type": "s3", "local-path": "lake", "format": "parquet",
                              "batching": {"max-records": 50000, "max-age": 0.5}}},
-        "subscriptions": {SHARED: {"qos": 1, "target": "lake"}},
+        "subscriptions": {shared: {"qos": 1, "target": "lake"}},
         "http": {"port": 0},
         "reload": {"interval": 0},
     }
@@ -71,7 +73,7 @@ def run(broker: dict, broker_pid: int, processes: int, n: int, workdir: Path) ->
     names = [f"member-{processes}-{i}" for i in range(processes)]
     for name in names:
         subprocess.run(["mosquitto_sub", "-h", broker["host"], "-p", str(broker["port"]), "-c",
-                        "-i", name, "-q", "1", "-t", SHARED, "-E"], check=True)
+                        "-i", name, "-q", "1", "-t", shared, "-E"], check=True)
     publish(broker["host"], broker["port"], ((TOPIC, payload(i)) for i in range(n)), qos=1,
             timeout=900)
     procs = []
@@ -101,6 +103,8 @@ def run(broker: dict, broker_pid: int, processes: int, n: int, workdir: Path) ->
             p.terminate()
         for p in procs:
             p.wait(60)
+        for name in names:
+            end_session(broker["host"], broker["port"], name)
     cores = os.cpu_count() or 1
     # Members' CPU includes their start-up (imports, ~1 s each) before the clock ran.
     busy = (sum(member_cpu) + broker_cpu) / (elapsed * cores)
