@@ -168,7 +168,7 @@ async def test_unparseable_and_missing_file_keep_the_running_config(tmp_path, ca
         path.write_text('{"targets": ')
         with caplog.at_level(logging.ERROR, logger="unsflow.engine.reload"):
             assert await run.watcher.check() == "rejected"
-        assert "<root>: expected valid JSON" in caplog.text
+        assert "line 1, column 13: expected a value" in caplog.text
         path.unlink()
         assert await run.watcher.check() == "unreadable"
         assert run.pipeline.running and run.pipeline.generation == 1
@@ -241,11 +241,11 @@ async def test_a_target_that_cannot_start_rolls_back_to_the_old_config(tmp_path,
 
 
 def test_plan_keeps_the_uns_connection_unless_broker_settings_change(tmp_path):
-    from unsflow.sources.mqtt import MqttSource
+    from unsflow.engine.pipeline import build_uns_source
 
     base = config_data(tmp_path, {"plant/a/#": "a", "plant/b/#": "a"})
     old = parse_config(base, env={})
-    uns = MqttSource("uns", old.mqtt_broker, None, {}, Context(env={}))
+    uns = build_uns_source(old, Context(env={}))
     subs = {"plant/a/#": {"qos": 2, "target": "a"}, "plant/c/#": {"qos": 1, "target": "a"}}
     new = parse_config({**base, "subscriptions": subs}, env={})
     plan = plan_reload(old, new, uns)

@@ -28,7 +28,9 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from typing import TYPE_CHECKING, Any
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, Literal
 
 from unsflow import registry
 from unsflow.components import Context
@@ -45,18 +47,39 @@ from unsflow.sources.base import Source
 if TYPE_CHECKING:
     from unsflow.engine.swap import ReloadPlan
 
-__all__ = ["Pipeline", "build_source", "build_spool"]
+__all__ = ["UNS_SOURCE_ID", "UNS_SOURCE_TYPE", "Input", "Pipeline", "build_spool",
+           "build_uns_source", "uns_source_config"]
 
 log = logging.getLogger("unsflow.engine")
 
+# The registered source type that serves the top-level UNS keys, and its component id.
+UNS_SOURCE_TYPE = "mqtt"
+UNS_SOURCE_ID = "uns"
 
-def build_source(config: PipelineConfig, context: Context) -> Source:
-    """The UNS MQTT source of the top-level keys."""
-    from unsflow.sources.mqtt import MqttSource
 
-    subs = {flt: sub.qos for flt, sub in config.subscriptions.items()}
-    return MqttSource("uns", config.mqtt_broker, config.mqtt_broker_credential, subs, context,
-                      batch_size=config.batch_size)
+def uns_source_config(config: PipelineConfig) -> Any:
+    """The UNS source's own config, assembled from the top-level keys of ``config``."""
+    cls = registry.load("sources", UNS_SOURCE_TYPE)
+    return cls.config_class.from_pipeline(config)
+
+
+def build_uns_source(config: PipelineConfig, context: Context) -> Source:
+    """The UNS source of the top-level keys (``mqtt-broker``, ``subscriptions``, ...),
+    built through the registry like every component."""
+    cls = registry.load("sources", UNS_SOURCE_TYPE)
+    return cls(UNS_SOURCE_ID, cls.config_class.from_pipeline(config),  # type: ignore[no-any-return]
+               context)
+
+
+@dataclass(frozen=True, eq=False)
+class Input:
+    """A running source and how its batches are routed: ``"subscriptions"`` (the UNS
+    source: by the topic filters of ``subscriptions``) or ``"fixed"`` (a source of the
+    ``sources`` section: every batch to its ``targets``)."""
+
+    source: Source
+    routing: Literal["subscriptions", "fixed"]
+    targets: tuple[str, ...] = ()
 
 
 def build_spool(config: PipelineConfig, target: str) -> Spool | None:
@@ -74,12 +97,11 @@ class Pipeline:
                  source: Source | None = None) -> None:
         self.config = config
         self.context = context or Context()
-        # (source, fixed targets or None for topic-filter routing)
-        self.sources: list[tuple[Source, tuple[str, ...] | None]] = []
+        self.inputs: list[Input] = []
         if source is not None or config.subscriptions:
-            self.sources.append((source or build_source(config, self.context), None))
+            self.add_uns_source(source or build_uns_source(config, self.context))
         for name, scfg in config.sources.items():
-            self.sources.append((self.build_named_source(name, scfg), tuple(scfg.target_names)))
+            self.add_source(self.build_named_source(name, scfg), scfg.target_names)
         self.dead_letter = DeadLetter(config.dead_letter.path)
         self.processors: dict[str, Processor] = {}
         for name, pcfg in config.processors.items():
@@ -101,6 +123,8 @@ class Pipeline:
         self.running = False  # started and not stopping: part of /readyz
         self.http: HealthServer | None = None
         self._readers: dict[Source, asyncio.Task[None]] = {}
+        # What start() has started so far (closed again when a stop interrupts it).
+        self._started: list[Processor | TargetPath | Source] = []
         self._fatal: asyncio.Future[None] | None = None
         # Config reloads (engine/swap.py, engine/reload.py): what /metrics shows.
         self.generation = 1
@@ -127,14 +151,51 @@ class Pipeline:
         cls = registry.load("sources", scfg.type)
         return cls(name, scfg, self.context)  # type: ignore[no-any-return]
 
+    def build_uns_source(self, config: PipelineConfig) -> Source:
+        """The UNS source of ``config``'s top-level keys."""
+        return build_uns_source(config, self.context)
+
+    # -- the sources (a reload changes them while readers are stopped) -----------------
+
+    @property
+    def sources(self) -> list[Source]:
+        """Every source, the UNS one first."""
+        return [i.source for i in self.inputs]
+
+    @property
+    def uns_source(self) -> Source | None:
+        """The source routed by ``subscriptions`` (the UNS broker's), if any."""
+        return next((i.source for i in self.inputs if i.routing == "subscriptions"), None)
+
+    def add_uns_source(self, source: Source) -> None:
+        """Make ``source`` the UNS source (routed by the subscriptions' topic filters)."""
+        self.inputs.insert(0, Input(source, "subscriptions"))
+
+    def add_source(self, source: Source, targets: Sequence[str]) -> None:
+        """Add ``source``; every batch of it goes to ``targets``."""
+        self.inputs.append(Input(source, "fixed", tuple(targets)))
+
+    def remove_source(self, source: Source) -> None:
+        """Forget ``source`` (stopped by the caller)."""
+        self.inputs = [i for i in self.inputs if i.source is not source]
+
     async def start(self) -> None:
-        """Start processors and targets, then connect the source."""
+        """Start processors and targets, then connect the sources.
+
+        Components are recorded as they start, so that a start cancelled by a
+        stop (a broker that does not answer) closes what already runs.
+        """
+        self._started = []
         for proc in self.processors.values():
             await proc.start()
+            self._started.append(proc)
         for path in self.paths.values():
             await path.target.start()
+            self._started.append(path)
             await path.start_spool()
-        for source, _ in self.sources:
+        for source in self.sources:
+            self._started.append(source)  # before: a connect loop owns a client to close
+            log.info("[%s] connecting to %s", source.id, source.describe_endpoint())
             await source.start()
         self.started_at = time.time()
         self.running = True
@@ -142,19 +203,41 @@ class Pipeline:
     @property
     def source(self) -> Source:
         """The first source (the UNS broker's when there are subscriptions)."""
-        return self.sources[0][0]
+        return self.inputs[0].source
 
     async def run(self, stop: asyncio.Event) -> None:
-        """Run until ``stop`` is set, then drain and close (see module docstring)."""
+        """Run until ``stop`` is set, then drain and close (see module docstring).
+
+        ``stop`` is heard in every phase: while the sources still connect (a
+        broker that is down, a Kafka cluster that does not answer, a secret
+        store that is slow), a stop cancels the start, closes what already
+        started and returns: nothing was in flight.
+        """
         await self._start_http()
+        stopper = asyncio.create_task(stop.wait(), name="pipeline-stop-wait")
+        starting = asyncio.create_task(self.start(), name="pipeline-start")
         try:
-            await self.start()
+            await asyncio.wait({stopper, starting}, return_when=asyncio.FIRST_COMPLETED)
         except BaseException:
-            await self._stop_http()
+            starting.cancel()
+            stopper.cancel()
             raise
+        if not starting.done():
+            log.info("stopping while starting: closing what has started")
+            starting.cancel()
+            await asyncio.gather(starting, return_exceptions=True)
+            await self._close_started()
+            await self._stop_http()
+            log.info("stopped before the pipeline ran: nothing was in flight")
+            return
+        if starting.exception() is not None:
+            stopper.cancel()
+            await asyncio.gather(stopper, return_exceptions=True)
+            await self._close_started()
+            await self._stop_http()
+            starting.result()  # raises the start's error
         self._fatal = asyncio.get_running_loop().create_future()
         self.start_readers()
-        stopper = asyncio.create_task(stop.wait(), name="pipeline-stop-wait")
         try:
             waits: set[asyncio.Future[Any]] = {stopper, self._fatal}
             await asyncio.wait(waits, return_when=asyncio.FIRST_COMPLETED)
@@ -181,7 +264,7 @@ class Pipeline:
         still runs (see ``Source.leave``); returns the seconds it took."""
         loop = asyncio.get_running_loop()
         began = loop.time()
-        for source, _ in self.sources:
+        for source in self.sources:
             if source not in self._readers:
                 continue
             try:
@@ -190,10 +273,25 @@ class Pipeline:
                 log.exception("[%s] error while leaving its group", source.id)
         return loop.time() - began
 
+    async def _close_started(self) -> None:
+        """Close, newest first, the components a start that did not finish had started."""
+        started, self._started = self._started, []
+        for component in reversed(started):
+            try:
+                if isinstance(component, TargetPath):
+                    await component.stop_spool(1.0)
+                    await component.target.stop()
+                else:
+                    await component.stop()
+            except Exception:  # closing after a failed start: report, close the others
+                log.exception("[%s] error while closing after an interrupted start",
+                              component.id)
+
     def start_readers(self) -> None:
         """One reader task per source (after start, and after a reload)."""
-        for src, fixed in self.sources:
-            task = asyncio.create_task(self._read_loop(src, fixed), name=f"reader-{src.id}")
+        for entry in self.inputs:
+            src = entry.source
+            task = asyncio.create_task(self._read_loop(entry), name=f"reader-{src.id}")
             task.add_done_callback(self._reader_done)
             self._readers[src] = task
 
@@ -225,7 +323,7 @@ class Pipeline:
         """Swap to ``config`` without a restart (see :func:`unsflow.engine.swap.apply`).
 
         Returns the :class:`~unsflow.engine.swap.ReloadPlan` applied; raises
-        :class:`~unsflow.engine.swap.ReloadFailed` when the new components
+        :class:`~unsflow.errors.ReloadFailed` when the new components
         could not start (the old config is running again). Call it from a task
         of its own (the config watcher's): a stop cancels that task.
         """
@@ -240,7 +338,8 @@ class Pipeline:
             finally:
                 self._reload_task = None
 
-    async def _read_loop(self, source: Source, fixed: tuple[str, ...] | None) -> None:
+    async def _read_loop(self, entry: Input) -> None:
+        source, by_topic, fixed = entry.source, entry.routing == "subscriptions", entry.targets
         # A budget of messages, not batches: batches are as small as a socket read.
         budget = _Budget(self.max_in_flight)
         while True:
@@ -248,12 +347,15 @@ class Pipeline:
             messages, token = await source.read()
             budget.take(len(messages))
             self._batch_no += 1
-            if fixed is None:
+            if by_topic:
                 groups = self.route(messages)
                 self._note_subscriptions(messages)
             else:
                 groups = {t: messages for t in fixed}
-            task = asyncio.create_task(self._deliver(source, groups, token),
+            # Each path's place for this batch, taken now, in source order: every stage
+            # of a path sees its batches in this order (engine/order.py).
+            tickets = {name: self.paths[name].ticket() for name in groups}
+            task = asyncio.create_task(self._deliver(source, groups, tickets, token),
                                        name=f"deliver-{source.id}-{self._batch_no}")
             self._tasks.add(task)
             task.add_done_callback(lambda t, n=len(messages): self._task_done(t, budget, n))
@@ -308,12 +410,14 @@ class Pipeline:
             await self.http.stop()
             self.http = None
 
-    async def _deliver(self, source: Source, groups: dict[str, list[Message]], token: Any) -> None:
+    async def _deliver(self, source: Source, groups: dict[str, list[Message]],
+                       tickets: dict[str, int], token: Any) -> None:
         if len(groups) == 1:
             ((name, batch),) = groups.items()
-            await self.paths[name].handle(batch)
+            await self.paths[name].handle(batch, tickets[name])
         elif groups:
-            await asyncio.gather(*(self.paths[n].handle(b) for n, b in groups.items()))
+            await asyncio.gather(*(self.paths[n].handle(b, tickets[n])
+                                   for n, b in groups.items()))
         source.ack(token)
 
     async def shutdown(self, deadline: float | None = None) -> None:
@@ -330,7 +434,7 @@ class Pipeline:
         # Spool drainers first: a target's stop() ends with the write it flushes.
         await asyncio.gather(*(p.stop_spool(deadline * 0.1) for p in self.paths.values()))
         # stop() flushes what targets still buffer, completing writers that wait on it.
-        stops = asyncio.gather(*(self._stop_target(p) for p in self.paths.values()))
+        stops = asyncio.gather(*(self.stop_target(p) for p in self.paths.values()))
         if pending:
             _, pending = await asyncio.wait(pending, timeout=deadline * 0.2)
             for task in pending:
@@ -345,21 +449,59 @@ class Pipeline:
                 await proc.stop()
             except Exception:  # closing: report and go on closing the others
                 log.exception("[%s] error while stopping", proc.id)
-        for source, _ in self.sources:
+        for source in self.sources:
             await source.stop()
         await self._stop_http()
         log.info("stopped: %s", self.summary())
 
-    async def _stop_target(self, path: TargetPath) -> None:
+    async def stop_target(self, path: TargetPath) -> None:
+        """Stop ``path``'s target (it flushes); an error is logged, not raised (closing)."""
         try:
             await path.target.stop()
         except Exception:  # closing: report and go on closing the others
             log.exception("[%s] error while stopping", path.id)
 
+    # -- what a reload (engine/swap.py) does to a running pipeline --------------------
+
+    async def drain(self, timeout: float) -> bool:
+        """Wait up to ``timeout`` s for the batches in flight; cancel those still running
+        (unacknowledged: their source gives them again) and return False, else True."""
+        pending = set(self._tasks)
+        if not pending:
+            return True
+        log.info("reloading: waiting up to %.0fs for %d in-flight batch(es)", timeout,
+                 len(pending))
+        _, pending = await asyncio.wait(pending, timeout=timeout)
+        if not pending:
+            return True
+        log.warning("reloading: %d batch(es) not finished in %.0fs; cancelling them and "
+                    "restarting the sources, which deliver them again", len(pending), timeout)
+        for task in pending:
+            task.cancel()
+        await asyncio.gather(*pending, return_exceptions=True)
+        return False
+
+    async def start_path(self, path: TargetPath) -> None:
+        """Start a target path: its target, then its spool (opened, indexing what an earlier
+        path of the same name left, and drained)."""
+        await path.target.start()
+        await path.start_spool()
+
+    async def stop_path(self, path: TargetPath, timeout: float) -> None:
+        """Stop a target path as at shutdown: its spool drainer (a write in progress gets
+        a tenth of ``timeout``), then its target."""
+        await path.stop_spool(timeout * 0.1)
+        await self.stop_target(path)
+
+    async def restart_http(self) -> None:
+        """Serve /healthz, /readyz and /metrics with the current ``config.http``."""
+        await self._stop_http()
+        await self._start_http()
+
     def summary(self) -> dict[str, Any]:
         return {
             "sources": {s.id: {"received": getattr(s, "received", None),
-                               "acked": getattr(s, "acked", None)} for s, _ in self.sources},
+                               "acked": getattr(s, "acked", None)} for s in self.sources},
             "unrouted": self.unrouted,
             "dead_lettered": self.dead_letter.count,
             "targets": {n: {k: v for k, v in vars(p.stats).items() if k != "stages"}
