@@ -33,7 +33,8 @@ import pytest
 from tests.conftest import REPO_ROOT, _free_ports
 from unsflow.testing import publish_numbered
 
-pytestmark = pytest.mark.integration
+# The first build on a machine (debootstrap, PyPI downloads) takes minutes.
+pytestmark = [pytest.mark.integration, pytest.mark.timeout(1500)]
 
 CONTAINERFILE = REPO_ROOT / "deploy" / "Containerfile"
 BUILDAH_ENV = {**os.environ, "STORAGE_DRIVER": "vfs", "BUILDAH_ISOLATION": "chroot"}
