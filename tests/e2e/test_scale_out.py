@@ -239,7 +239,7 @@ def test_shared_member_stopped_for_good_hands_its_share_back(own_mqtt_broker, tm
                                                             topic_prefix, members):
     count, stayer, leaver, stopped_at = _stop_one_for_good(
         own_mqtt_broker, tmp_path, topic_prefix, members, leave=True)
-    counts = wait_covered(members, count)
+    wait_covered(members, count)
     assert stayer.stop() == 0
     counts = total(members)
     taken = [line for line in leaver.output.splitlines() if "handed back" in line]
@@ -266,7 +266,7 @@ def test_mosquitto_strands_the_share_of_a_member_that_keeps_its_filters(own_mqtt
           f"{stopped_at} of a burst of {count}; stranded in its session: {stranded}")
     assert stranded > 0
     leaver.start()  # the same client id takes its session back
-    counts = wait_covered(members, count)
+    wait_covered(members, count)
     for member in members:
         member.stop()
     entry = report_scenario("scale-out: $share kept by a stopped member", count, total(members),
@@ -279,7 +279,7 @@ def test_partitioned_members_cover_the_stream_with_no_overlap_and_no_gap(own_mqt
                                                                          topic_prefix,
                                                                          members):
     count = 8000
-    for i, area in enumerate(("area1", "area2")):
+    for area in ("area1", "area2"):
         config = write_config(tmp_path / f"config-{area}.json", own_mqtt_broker,
                               [f"{topic_prefix}/{area}/#"])
         members.append(Member(tmp_path, f"lake-{area}", config).start())
@@ -406,7 +406,7 @@ def test_network_partition_longer_than_the_keepalive(own_mqtt_broker, toxiproxy,
     ready_again_after = time.monotonic() - healed_at
     publisher.join(180)
     assert publisher.published == count
-    counts = wait_covered(members, count, timeout=120)
+    wait_covered(members, count, timeout=120)
     assert member.stop() == 0
     counts = total(members)
     print(f"\nnetwork partition of {healed_at - cut_at:.1f}s (keep-alive {keepalive}s): /readyz "

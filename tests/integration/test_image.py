@@ -189,7 +189,8 @@ def wait_rows(path: Path, count: int, timeout: float = 60) -> list[dict]:
             if len(rows) >= count:
                 return rows
         time.sleep(0.2)
-    raise AssertionError(f"{len(rows)} of {count} rows in {path}: {sorted(p.name for p in path.parent.iterdir())}")
+    files = sorted(p.name for p in path.parent.iterdir())
+    raise AssertionError(f"{len(rows)} of {count} rows in {path}; the volume has {files}")
 
 
 def test_image_runs_the_pipeline_from_mounts_and_drains_on_sigterm(image_config, image,
