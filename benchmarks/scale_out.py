@@ -104,6 +104,7 @@ def run(broker: dict, broker_pid: int, processes: int, n: int, workdir: Path,
         t0 = time.perf_counter()
         broker_cpu0 = cpu_seconds(broker_pid)
         machine0 = machine_cpu()
+        member_cpu0 = [cpu_seconds(p.pid) for p in procs]
         rows = 0
         while rows < n and time.perf_counter() - t0 < 900:
             time.sleep(0.05)
@@ -130,6 +131,9 @@ def run(broker: dict, broker_pid: int, processes: int, n: int, workdir: Path,
         "seconds": round(elapsed, 2),
         "rows": rows,
         "member_cpu_s": [round(c, 1) for c in member_cpu],
+        # CPU per message, start-up excluded: what a core carries when it is the pod's own.
+        "msgs_per_member_cpu_second": round(
+            n / max(1e-9, sum(c - c0 for c, c0 in zip(member_cpu, member_cpu0, strict=True)))),
         "broker_cpu_s": round(broker_cpu, 1),
         "broker_cpu_share_of_one_core": round(broker_cpu / elapsed, 2),
         "cores_busy_with_unsflow_and_broker": round(min(busy, 1.0), 2),

@@ -11,7 +11,8 @@
 # `FROM scratch` adds that root as its one layer: localhost/unsflow-base:bookworm.
 # The root's tarball is cached in ${UNSFLOW_CACHE_DIR:-~/.cache/unsflow}/image, so
 # debootstrap runs once per machine. Then `buildah build --build-arg BASE_IMAGE=...`
-# runs the Containerfile unchanged (pip installs from PyPI, cached across builds).
+# runs the Containerfile unchanged, its pip pointed (by a pip.conf mounted for the
+# build only) at a wheelhouse this checkout's Python fills from PyPI beforehand.
 #
 # Needs root (debootstrap, chroot): run as root or with sudo. Installs buildah and
 # debootstrap with apt-get when missing. RUN steps use chroot isolation (no
@@ -30,6 +31,7 @@ BASE_PACKAGES=python3,python3-venv,ca-certificates
 BASE_KEY=$(printf '%s %s' "$SUITE" "$BASE_PACKAGES" | sha256sum | cut -c1-10)
 ROOTFS_TAR=$IMAGE_CACHE/debian-$SUITE-python-$BASE_KEY.tar
 BASE_IMAGE=localhost/unsflow-base:$SUITE-$BASE_KEY
+WHEELS=$IMAGE_CACHE/wheels
 export STORAGE_DRIVER=${STORAGE_DRIVER:-vfs}
 export BUILDAH_ISOLATION=${BUILDAH_ISOLATION:-chroot}
 
@@ -84,6 +86,23 @@ $(tail -n 20 "$IMAGE_CACHE/debootstrap.log")"
     log "root of $(du -h "$ROOTFS_TAR" | cut -f1) in $((SECONDS - start)) s: $ROOTFS_TAR"
 }
 
+# The wheels of unsflow and of everything the Containerfile's EXTRAS pull in, built and
+# downloaded here with this checkout's Python (3.11, as the base's), so that the build
+# itself needs no index: pip's own cache makes a rebuild take seconds, not a download.
+wheelhouse() {
+    local python extras
+    python=${UNSFLOW_PYTHON:-$REPO_ROOT/.venv/bin/python}
+    [ -x "$python" ] || python=$(command -v python3) ||
+        die "no Python to build the wheels with: run scripts/setup.sh first"
+    extras=$(sed -n 's/^ARG EXTRAS=//p' "$REPO_ROOT/deploy/Containerfile")
+    mkdir -p "$WHEELS"
+    rm -f "$WHEELS"/unsflow-*.whl
+    log "wheels of unsflow[$extras] into $WHEELS"
+    "$python" -m pip wheel --quiet --disable-pip-version-check --wheel-dir "$WHEELS" \
+        "$REPO_ROOT[$extras]" "setuptools>=68" wheel >"$IMAGE_CACHE/wheels.log" 2>&1 ||
+        die "pip wheel failed; see $IMAGE_CACHE/wheels.log"
+}
+
 base() {
     ensure_packages
     if buildah_ inspect --type image "$BASE_IMAGE" >/dev/null 2>&1; then
@@ -103,24 +122,35 @@ base() {
 }
 
 build() {
-    local tag=${1:-} version start
+    local tag=${1:-} version start since
     version=$(sed -n 's/^version = "\(.*\)"$/\1/p' "$REPO_ROOT/pyproject.toml" | head -n 1)
     tag=${tag:-localhost/unsflow:$version}
     base >/dev/null
-    # Where this machine reaches PyPI through a proxy with its own CA (pip's `cert`), the
-    # RUN steps trust the same bundle: mounted for the build only, never in the image.
-    local cert=${PIP_CERT:-${SSL_CERT_FILE:-}} trust=()
-    if [ -n "$cert" ] && [ -f "$cert" ]; then
-        printf '[global]\ncert = /etc/ssl/certs/ca-certificates.crt\n' >"$IMAGE_CACHE/pip.conf"
-        trust=(--volume "$cert:/etc/ssl/certs/ca-certificates.crt:ro"
-            --volume "$IMAGE_CACHE/pip.conf:/etc/pip.conf:ro")
-    fi
+    wheelhouse
+    # The build's pip installs from the wheelhouse only: a pip.conf and the wheels are
+    # mounted for the build's RUN steps, never part of the image.
+    printf '[global]\nno-index = true\nfind-links = /wheels\n' >"$IMAGE_CACHE/pip.conf"
+    local mounts=(--volume "$WHEELS:/wheels:ro" --volume "$IMAGE_CACHE/pip.conf:/etc/pip.conf:ro")
     log "building $tag from deploy/Containerfile on $BASE_IMAGE"
     start=$SECONDS
-    buildah_ build --layers -f "$REPO_ROOT/deploy/Containerfile" "${trust[@]}" \
+    since=$(date -u +%Y-%m-%dT%H:%M:%S)
+    buildah_ build --layers -f "$REPO_ROOT/deploy/Containerfile" "${mounts[@]}" \
         --build-arg BASE_IMAGE="$BASE_IMAGE" -t "$tag" "$REPO_ROOT" >&2 ||
         die "buildah build of deploy/Containerfile failed (output above)"
     log "built $tag in $((SECONDS - start)) s"
+    # vfs keeps every layer as a whole copy: drop the untagged images of earlier builds,
+    # keeping this build's intermediate ones (the layer cache of the next build).
+    local old
+    old=$(buildah_ images --all --json 2>/dev/null | python3 -c '
+import json, sys
+since = sys.argv[1]
+for image in json.load(sys.stdin) or []:
+    if not image.get("names") and image.get("createdatraw", "") < since:
+        print(image["id"])' "$since") || old=""
+    if [ -n "$old" ]; then
+        # shellcheck disable=SC2086 # one id per word
+        buildah_ rmi $old >/dev/null 2>&1 || true
+    fi
     echo "$tag"
 }
 
