@@ -218,9 +218,12 @@ class Pipeline:
         starting = asyncio.create_task(self.start(), name="pipeline-start")
         try:
             await asyncio.wait({stopper, starting}, return_when=asyncio.FIRST_COMPLETED)
-        except BaseException:
+        except BaseException:  # run() itself cancelled while starting: close, then go
             starting.cancel()
             stopper.cancel()
+            await asyncio.gather(starting, stopper, return_exceptions=True)
+            await self._close_started()
+            await self._stop_http()
             raise
         if not starting.done():
             log.info("stopping while starting: closing what has started")
