@@ -67,6 +67,9 @@ bash scripts/services.sh up mosquitto minio moto kafka
 # The factory-to-core topology's jars (Kafka Connect, Debezium) and PostgreSQL: installed
 # here, started by tests/e2e/test_edge_to_core.py in a data dir of its own.
 bash scripts/services.sh install postgres debezium mm2
+# The deployment tests' tools, for the same reason: kustomize and toxiproxy built from
+# their Go modules, the pinned CRDs collected (once per machine, then cached).
+bash scripts/tools.sh build
 
 # The e2e tests run the `unsflow` command: take the one installed beside this Python.
 PATH="$("$PYTHON" -c 'import os, sys; print(os.path.dirname(sys.executable))'):$PATH"
