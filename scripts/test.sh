@@ -63,7 +63,7 @@ fi
 # built: MinIO from its Go module, Kafka's jars from Maven Central) before
 # pytest, so that no first-time build runs inside a test's timeout.
 # A service that cannot start fails here, loudly, with its log tail.
-bash scripts/services.sh up mosquitto minio moto kafka
+bash scripts/services.sh up mosquitto minio moto kafka chromium
 
 # The e2e tests run the `unsflow` command: take the one installed beside this Python.
 PATH="$("$PYTHON" -c 'import os, sys; print(os.path.dirname(sys.executable))'):$PATH"

@@ -13,6 +13,7 @@
     ├── ModelStoreError          the model store cannot be read or written (names store, model)
     │   ├── ModelNotFound        no such model, or no such (complete) version
     │   └── ModelCorrupt         an artifact that cannot be read or loaded
+    ├── DashboardError           a dashboard request that cannot be answered; carries the HTTP status
     └── MissingDependency        an optional extra is not installed; names the extra
 
 Third-party exceptions (gmqtt, httpx, pyarrow, obstore) are mapped to these at
@@ -36,6 +37,7 @@ __all__ = [
     "ModelStoreError",
     "ModelNotFound",
     "ModelCorrupt",
+    "DashboardError",
     "MissingDependency",
 ]
 
@@ -105,6 +107,15 @@ class ModelNotFound(ModelStoreError):
 
 class ModelCorrupt(ModelStoreError):
     """A model artifact that cannot be read (bad JSON, missing model file) or loaded."""
+
+
+class DashboardError(UnsflowError):
+    """A dashboard request that cannot be answered (a lake path outside the lake, a missing
+    object); ``status`` is the HTTP status the dashboard answers with."""
+
+    def __init__(self, message: str, status: int = 400) -> None:
+        super().__init__(message)
+        self.status = status
 
 
 class MissingDependency(UnsflowError):
