@@ -31,7 +31,7 @@ from unsflow.errors import MissingDependency, UnsflowError
 if TYPE_CHECKING:
     from unsflow.dashboard.redact import Scrubber
 
-__all__ = ["DashboardConfig", "build", "run_dashboard", "TOKEN_ENV"]
+__all__ = ["TOKEN_ENV", "DashboardConfig", "build", "run_dashboard"]
 
 log = logging.getLogger("unsflow.dashboard")
 

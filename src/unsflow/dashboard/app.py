@@ -48,7 +48,7 @@ if TYPE_CHECKING:
 
     from unsflow.dashboard.lake import Lake
 
-__all__ = ["AccessGate", "create_app", "STATIC_DIR", "COOKIE"]
+__all__ = ["COOKIE", "STATIC_DIR", "AccessGate", "create_app"]
 
 log = logging.getLogger("unsflow.dashboard")
 

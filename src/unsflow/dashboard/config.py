@@ -32,8 +32,16 @@ from typing import Any
 from unsflow.config.models import PipelineConfig, SecretRef, TlsConfig
 from unsflow.engine.topics import split_shared
 
-__all__ = ["DashboardConfig", "PipelineSource", "alert_filter", "covers", "is_loopback",
-           "from_pipelines", "minimal_filters", "TOKEN_ENV"]
+__all__ = [
+    "TOKEN_ENV",
+    "DashboardConfig",
+    "PipelineSource",
+    "alert_filter",
+    "covers",
+    "from_pipelines",
+    "is_loopback",
+    "minimal_filters",
+]
 
 TOKEN_ENV = "UNSFLOW_DASHBOARD_TOKEN"
 

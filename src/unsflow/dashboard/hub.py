@@ -37,7 +37,7 @@ if TYPE_CHECKING:
     from unsflow.dashboard.redact import Scrubber
     from unsflow.dashboard.uns import UnsView
 
-__all__ = ["Hub", "PageClient", "PAGES", "encode_event"]
+__all__ = ["PAGES", "Hub", "PageClient", "encode_event"]
 
 log = logging.getLogger("unsflow.dashboard")
 

@@ -37,7 +37,7 @@ import yaml
 from unsflow.dashboard.config import PipelineSource
 from unsflow.dashboard.redact import Scrubber, redact
 
-__all__ = ["PipelineWatch", "parse_metrics", "DOWN_WINDOW"]
+__all__ = ["DOWN_WINDOW", "PipelineWatch", "parse_metrics"]
 
 log = logging.getLogger("unsflow.dashboard.pipeline")
 
@@ -222,8 +222,9 @@ class PipelineWatch:
             state["dead_letter_total"] = _one(samples, "unsflow_dead_letter_total")
             state["unrouted"] = _one(samples, "unsflow_unrouted_total")
             state["generation"] = _one(samples, "unsflow_config_generation")
-            info = samples.get("unsflow_config_info", {})
-            state["running_sha"] = dict(next(iter(info))).get("sha256") if info else None
+            config_info = samples.get("unsflow_config_info", {})
+            state["running_sha"] = dict(next(iter(config_info))).get("sha256") \
+                if config_info else None
             state["reloads"] = _by(samples, "unsflow_config_reloads_total", "result")
             state["ready"] = ready.get("ready") if isinstance(ready, dict) else None
             reason = ready.get("reason") if isinstance(ready, dict) else None
@@ -249,17 +250,16 @@ class PipelineWatch:
             self._pending = None
         failed = reloads.get("failed", 0.0)
         if self._failed_seen is not None and failed > self._failed_seen and pending is not None:
-            pending.update(result="failed", time=now,
-                           issues=["the pipeline could not start it; the previous config runs "
-                                   "(see the pipeline's log)"])
+            why = "the pipeline could not start it; the previous config runs (see its log)"
+            pending.update(result="failed", time=now, issues=[why])
             self._pending = None
         self._failed_seen = failed
         rejected = reloads.get("rejected", 0.0)
-        if self._rejected_seen is not None and rejected > self._rejected_seen:
-            if not any(h["result"] == "rejected" and now - h["time"] < 10 for h in self.history):
-                self.history.appendleft({"time": now, "result": "rejected", "sha": None,
-                                         "issues": ["rejected by the pipeline (its log names "
-                                                    "the key paths)"]})
+        seen_here = any(h["result"] == "rejected" and now - h["time"] < 10 for h in self.history)
+        if self._rejected_seen is not None and rejected > self._rejected_seen and not seen_here:
+            why = "rejected by the pipeline (its log names the key paths)"
+            self.history.appendleft({"time": now, "result": "rejected", "sha": None,
+                                     "issues": [why]})
         self._rejected_seen = rejected
         if not self.history and running:
             self.history.appendleft({"time": now, "result": "running", "sha": running,

@@ -27,7 +27,7 @@ import logging
 import re
 from typing import Any
 
-__all__ = ["MASK", "Scrubber", "ScrubFilter", "redact", "is_secret_key"]
+__all__ = ["MASK", "ScrubFilter", "Scrubber", "is_secret_key", "redact"]
 
 MASK = "•••"
 
@@ -86,7 +86,7 @@ def redact(data: Any, scrubber: Scrubber, *, _key: str = "", _in_headers: bool =
         for key, value in data.items():
             k = str(key)
             headers = k.lower() in ("headers", "http-headers")
-            out[key] = redact(value, scrubber, _key=k, _in_headers=headers)
+            out[key] = redact(value, scrubber, _key=k, _in_headers=headers or _in_headers)
         return out
     if isinstance(data, list):
         return [redact(v, scrubber, _key=_key, _in_headers=_in_headers) for v in data]
@@ -112,7 +112,7 @@ class ScrubFilter(logging.Filter):
     def filter(self, record: logging.LogRecord) -> bool:
         try:
             message = record.getMessage()
-        except Exception:  # a bad format string: leave it to the handler to report
+        except Exception:  # noqa: BLE001 - a bad format string: the handler reports it
             return True
         clean = self.scrubber.scrub(message)
         if clean != message:

@@ -177,13 +177,14 @@ def parse_alert(topic: str, payload: bytes, now: float) -> Alert | None:
     if not isinstance(data, dict):
         return None
     levels = topic.split("/")
-    reading = data.get("reading") if isinstance(data.get("reading"), dict) else data
+    nested = data.get("reading")
+    reading: dict[str, Any] = nested if isinstance(nested, dict) else data
     machine = reading.get("machine") or reading.get("machineId") or \
         (levels[-2] if len(levels) > 1 else "?")
     sensor = reading.get("sensor")
     if not sensor:
-        source = data.get("topic") if isinstance(data.get("topic"), str) else topic
-        sensor = source.rsplit("/", 1)[-1]
+        source = data.get("topic")
+        sensor = (source if isinstance(source, str) else topic).rsplit("/", 1)[-1]
     ts = _seconds(reading.get("timestamp", reading.get("epochMillis", reading.get("ts"))), now)
     value = _number(data.get("value", reading.get("value")))
     if "alert" in data:
@@ -243,7 +244,7 @@ class UnsView:
     def __init__(self, *, alert_filters: list[str] | None = None,
                  limits: dict[str, tuple[float | None, float | None]] | None = None,
                  history: int = 300, points_per_second: float = 10.0,
-                 max_topics: int = 20000) -> None:
+                 max_topics: int = 20000, clock: Any = time.monotonic) -> None:
         self.alert_filters = list(alert_filters or [])
         self.limits = dict(limits or {})
         self.history = history
@@ -258,7 +259,8 @@ class UnsView:
         self.messages = 0
         self._pending_alerts: deque[tuple[str, bytes]] = deque(maxlen=MAX_ALERTS_PER_TICK)
         self._lock = threading.Lock()
-        self._last_tick = time.monotonic()
+        self._clock = clock
+        self._last_tick = clock()
 
     # --- the MQTT thread ---------------------------------------------------
 
@@ -296,7 +298,7 @@ class UnsView:
     def tick(self) -> dict[str, Any]:
         """Parse what arrived since the last tick; return ``{"points", "new_series", "alerts",
         "topics"}`` (changed topics' names)."""
-        now_mono = time.monotonic()
+        now_mono = self._clock()
         elapsed = max(now_mono - self._last_tick, 1e-3)
         self._last_tick = now_mono
         now = time.time()

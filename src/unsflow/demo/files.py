@@ -22,8 +22,15 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
-__all__ = ["DemoState", "MODEL", "MACHINES", "free_port", "pipeline_configs", "sensors_yaml",
-           "alerts_root"]
+__all__ = [
+    "MACHINES",
+    "MODEL",
+    "DemoState",
+    "alerts_root",
+    "free_port",
+    "pipeline_configs",
+    "sensors_yaml",
+]
 
 MODEL = "vibration-anomaly"
 # (machine, line): two lines of the same area, so the Line page shows the hierarchy.

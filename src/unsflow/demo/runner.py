@@ -145,9 +145,9 @@ class Demo:
         self._write_files(directory, state)
         configs = [directory / n for n in pipeline_configs(state, directory, o.kafka)]
         cli = [sys.executable, "-m", "unsflow.cli"]
-        dash = self._start("dashboard", [*cli, "dashboard", *sum((["--config", str(c)]
-                                                                 for c in configs), []),
-                                         "--host", "127.0.0.1", "--port", str(o.port)])
+        config_args = [arg for c in configs for arg in ("--config", str(c))]
+        dash = self._start("dashboard", [*cli, "dashboard", *config_args, "--host", "127.0.0.1",
+                                         "--port", str(o.port)])
         self._start("simulator", [*cli, "simulate", "--config", str(directory / "sensors.yaml")])
         url = f"http://127.0.0.1:{o.port}/"
         if not self._wait_http(url + "healthz", URL_TIMEOUT, dash):
@@ -279,7 +279,10 @@ class Demo:
             child.proc = subprocess.Popen(
                 args, cwd=self.options.directory.resolve(), stdin=subprocess.DEVNULL,
                 stdout=out, stderr=subprocess.STDOUT, start_new_session=True,
-                preexec_fn=_die_with_parent, env={**os.environ, "PYTHONUNBUFFERED": "1"})
+                # The demo process has no threads (the warm-up runs in a child), so a
+                # preexec_fn is safe here.
+                preexec_fn=_die_with_parent,  # noqa: PLW1509
+                env={**os.environ, "PYTHONUNBUFFERED": "1"})
         self.children.append(child)
         return child
 

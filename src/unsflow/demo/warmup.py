@@ -18,7 +18,7 @@ from pathlib import Path
 
 from unsflow.demo.files import MODEL, SPIKE_EVERY
 
-__all__ = ["ensure_model", "MACHINES", "READINGS"]
+__all__ = ["MACHINES", "READINGS", "ensure_model"]
 
 MACHINES = 4
 READINGS = 500
