@@ -232,6 +232,16 @@ def s3_bucket(minio: AwsEndpoint, request: pytest.FixtureRequest) -> Iterator[st
     s3.delete_bucket(Bucket=bucket)
 
 
+@pytest.fixture(scope="session")
+def chromium() -> str:
+    """The executable of Debian's Chromium (scripts/services.sh up chromium installs it).
+
+    The dashboard's browser tests drive it with Playwright (``executable_path``);
+    Playwright's own browser downloads are never used. Missing, it fails the test.
+    """
+    return str(services_up("chromium")["executable"])
+
+
 @dataclass(frozen=True)
 class KafkaCluster:
     """The test Kafka (KRaft, one node): PLAINTEXT on ``bootstrap``, SASL_SSL SCRAM on ``sasl_bootstrap``."""

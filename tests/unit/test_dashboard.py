@@ -128,6 +128,7 @@ def test_redaction_masks_values_keeps_references_and_scrubs_text():
     assert scrubber.scrub("found 'Bearer inline-tok-123' and kpass-456 at "
                           "mqtt://bob:url-pass-789@broker") == \
         f"found '{MASK}' and {MASK} at mqtt://bob:{MASK}@broker"
+    assert scrubber.scrub("port: 'inline-tok-123'") == f"port: '{MASK}'"
 
 
 # --- what the dashboard reads off a pipeline config ----------------------------------

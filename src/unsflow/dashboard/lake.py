@@ -144,23 +144,6 @@ class Lake:
             raise DashboardError(f"{rel!r} is not a Parquet object")
         return target
 
-    def _dataset(self, directory: Path) -> Any:
-        """The finished objects under ``directory`` as one dataset (Hive partitions as
-        columns, types promoted across objects); staging files are left out, which a
-        directory listing of pyarrow's would take in."""
-        import pyarrow.dataset as ds
-        from pyarrow import fs
-
-        files = sorted(str(self.root / o.path) for o in self._objects()
-                       if (self.root / o.path).resolve().is_relative_to(directory))
-        if not files:
-            raise DashboardError(f"no Parquet object under {directory}", 404)
-        factory = ds.FileSystemDatasetFactory(
-            fs.LocalFileSystem(), files, ds.ParquetFileFormat(),
-            ds.FileSystemFactoryOptions(partitioning=ds.HivePartitioning.discover(),
-                                        partition_base_dir=str(self.root)))
-        return factory.finish(factory.inspect(promote_options="permissive"))
-
     def preview(self, rel: str, limit: int = 50) -> dict[str, Any]:
         """The first ``limit`` rows of an object or a partition, and the DuckDB query."""
         limit = max(1, min(int(limit), MAX_PREVIEW))
@@ -177,8 +160,10 @@ class Lake:
             rows = table.to_pylist() if table is not None else []
             columns = list(pf.schema_arrow.names)
         else:
+            from unsflow.targets.object_store import open_lake
+
             try:
-                dataset = self._dataset(target)
+                dataset = open_lake(target)  # skips the target's staging files (.name.tmp)
                 table = dataset.head(limit)
                 total = dataset.count_rows()
             except (OSError, ValueError) as exc:

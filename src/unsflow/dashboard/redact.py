@@ -41,6 +41,7 @@ _REFERENCE_KEYS = {"secret-name", "secret-region", "provider", "path", "endpoint
                    "secret_name", "secret_region"}
 _URL_PASSWORD = re.compile(r"([a-zA-Z][a-zA-Z0-9+.-]*://[^/\s:@]*:)([^@\s/]+)(@)")
 _MIN_SECRET = 3  # shorter values are not scrubbed from free text (too many false hits)
+_MIN_PART = 8  # a word of a secret value ("Bearer TOKEN") counts as a secret from this length
 
 
 def is_secret_key(key: str) -> bool:
@@ -64,9 +65,12 @@ class Scrubber:
             value = str(value)
         if not isinstance(value, str) or len(value) < _MIN_SECRET or value == MASK:
             return
-        if value not in self._secrets:
-            self._secrets.add(value)
-            self._pattern = None
+        # "Bearer TOKEN", "user:password": the token and the password are secrets on their own.
+        parts = [p for p in re.split(r"[\s:]+", value) if len(p) >= _MIN_PART and p != value]
+        for item in (value, *parts):
+            if item not in self._secrets:
+                self._secrets.add(item)
+                self._pattern = None
 
     def scrub(self, text: str) -> str:
         text = _URL_PASSWORD.sub(lambda m: m.group(1) + MASK + m.group(3), text)

@@ -346,7 +346,7 @@
         p.running_sha ? h("span", { class: "muted mono", text: "sha256 " + p.running_sha.slice(0, 12) }) : null,
         h("span", { class: "muted mono", text: p.metrics_url || "no metrics endpoint" }));
       const parts = [head];
-      if (p.error) parts.push(h("div", { class: "badge down", text: "metrics: " + p.error }));
+      if (p.error) parts.push(h("p", {}, h("span", { class: "badge down", text: "metrics: " + p.error })));
       if (p.ready_reason) parts.push(h("div", { class: "muted", text: p.ready_reason }));
       const targets = table([["target"], ["type"], ["status"], ["msg/s in", "num"],
         ["accepted/s", "num"], ["accepted", "num"], ["spooled", "num"], ["dead-lettered", "num"],
