@@ -242,6 +242,20 @@ def chromium() -> str:
     return str(services_up("chromium")["executable"])
 
 
+@pytest.fixture(scope="module")
+def browser(chromium: str) -> Iterator[Any]:
+    """Headless Chromium for one test module, driven by Playwright (tests/e2e/browser.py)."""
+    from playwright.sync_api import sync_playwright
+
+    from tests.e2e.browser import CHROMIUM_ARGS
+
+    args = [*CHROMIUM_ARGS, *(["--no-sandbox"] if os.geteuid() == 0 else [])]  # root
+    with sync_playwright() as pw:
+        launched = pw.chromium.launch(executable_path=chromium, args=args)
+        yield launched
+        launched.close()
+
+
 @dataclass(frozen=True)
 class KafkaCluster:
     """The test Kafka (KRaft, one node): PLAINTEXT on ``bootstrap``, SASL_SSL SCRAM on ``sasl_bootstrap``."""

@@ -14,64 +14,19 @@ import sys
 import time
 import uuid
 from collections.abc import Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import httpx
 import pytest
 
-from tests.conftest import REPO_ROOT, OwnBroker, _broker_fields, _free_ports, services, services_up
+from tests.conftest import OwnBroker, _broker_fields, _free_ports, services, services_up
+from tests.e2e.browser import watch
 from tests.e2e.helpers import UnsflowProcess
 from unsflow.testing import publish
 
 pytestmark = pytest.mark.e2e
-
-SHOTS = REPO_ROOT / "build" / "screenshots"
-CHROMIUM_ARGS = ["--disable-background-networking", "--disable-component-update",
-                 "--disable-sync", "--no-first-run", "--disable-gpu"]
-
-
-@pytest.fixture(scope="module")
-def browser(chromium: str) -> Iterator[Any]:
-    from playwright.sync_api import sync_playwright
-
-    args = [*CHROMIUM_ARGS, *(["--no-sandbox"] if os.geteuid() == 0 else [])]
-    with sync_playwright() as pw:
-        b = pw.chromium.launch(executable_path=chromium, args=args)
-        yield b
-        b.close()
-
-
-@dataclass
-class Watched:
-    """A page and everything that went wrong on it (console errors, failed or foreign requests)."""
-
-    page: Any
-    origin: str
-    problems: list[str] = field(default_factory=list)
-
-    def shot(self, name: str) -> Path:
-        SHOTS.mkdir(parents=True, exist_ok=True)
-        path = SHOTS / f"{name}.png"
-        self.page.screenshot(path=str(path), full_page=True)
-        return path
-
-
-def watch(browser: Any, origin: str) -> Watched:
-    context = browser.new_context(viewport={"width": 1400, "height": 900})
-    page = context.new_page()
-    page.set_default_timeout(30_000)
-    w = Watched(page, origin)
-    page.on("console", lambda m: w.problems.append(f"console {m.type}: {m.text}")
-            if m.type == "error" else None)
-    page.on("pageerror", lambda e: w.problems.append(f"page error: {e}"))
-    page.on("requestfailed", lambda r: w.problems.append(f"request failed: {r.url}")
-            if "/api/events" not in r.url else None)  # an event stream cut at navigation
-    page.on("request", lambda r: w.problems.append(f"foreign request: {r.url}")
-            if not r.url.startswith((origin, "data:")) else None)
-    return w
-
 
 @pytest.fixture(scope="module")
 def own_broker(tmp_path_factory: pytest.TempPathFactory) -> Iterator[OwnBroker]:

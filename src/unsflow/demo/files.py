@@ -48,7 +48,10 @@ def free_port() -> int:
 
 
 def port_free(port: int) -> bool:
+    """True when a server could listen on 127.0.0.1:``port`` (SO_REUSEADDR, as servers do:
+    connections of a server that just stopped, in TIME_WAIT, do not count)."""
     with socket.socket() as s:
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         try:
             s.bind(("127.0.0.1", port))
         except OSError:
