@@ -22,6 +22,22 @@ import time
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
+EXAMPLE = REPO / "examples" / "local-datalake.json"
+
+
+def _shown(path: Path) -> str:
+    """A path as the user can type it here: relative to the current directory when inside."""
+    try:
+        return str(path.relative_to(Path.cwd()))
+    except ValueError:
+        return str(path)
+
+
+# The interpreter and command of this checkout's .venv, as the user types them without
+# activating it (scripts/setup.sh puts unsflow there).
+PYTHON = _shown(Path(sys.executable))
+EXAMPLE_ARG = _shown(EXAMPLE)
+unsflow = _shown(Path(sys.executable).with_name("unsflow"))
 
 
 def readings(n: int, run_id: str):
@@ -36,19 +52,26 @@ def readings(n: int, run_id: str):
         yield topic, json.dumps(payload).encode()
 
 
+def duckdb_hint() -> str:
+    """A shell command that reads the lake with DuckDB (installed by scripts/setup.sh)."""
+    sql = ("select _topic, count(*) as rows, round(avg(try_cast(value as double)), 2) as avg "
+           "from read_parquet('datalake/**/*.parquet', hive_partitioning=true, "
+           "union_by_name=true) group by 1 order by 1")
+    return f"{PYTHON} -c \"import duckdb; duckdb.sql(\\\"{sql}\\\").show()\""
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description="unsflow quick start")
     parser.add_argument("--messages", type=int, default=5000)
     args = parser.parse_args()
     from unsflow.targets.object_store import open_lake
-    from unsflow.testing import end_session, publish
+    from unsflow.testing import publish
 
     host = os.environ.get("EDGE_BROKER_HOST", "localhost")
     port = int(os.environ.get("EDGE_MQTT_PORT", "1883"))
     run_id = time.strftime("%Y%m%dT%H%M%S")
     print(f"starting: unsflow run examples/local-datalake.json (broker {host}:{port})")
-    proc = subprocess.Popen([sys.executable, "-m", "unsflow.cli", "run",
-                             str(REPO / "examples" / "local-datalake.json")],
+    proc = subprocess.Popen([sys.executable, "-m", "unsflow.cli", "run", str(EXAMPLE)],
                             stderr=subprocess.PIPE, text=True)
     try:
         assert proc.stderr is not None
@@ -78,13 +101,11 @@ def main() -> None:
         proc.wait(40)
         # The example keeps a persistent session subscribed to '#' (so a restart
         # loses nothing). Left behind, the broker would queue every message
-        # published from now on for a client that never comes back: end it.
-        config = json.loads((REPO / "examples" / "local-datalake.json").read_text())
-        try:
-            end_session(host, port, config["mqtt-broker"]["client-id"])
-            print("ended the example's persistent session on the broker")
-        except OSError as exc:
-            print(f"could not end the example's session on the broker: {exc}")
+        # published from now on for a client that never comes back: end it,
+        # as the README says to when you stop for good.
+        print(f"ending the example's persistent session: {unsflow} session end {EXAMPLE_ARG}")
+        subprocess.run([sys.executable, "-m", "unsflow.cli", "session", "end", str(EXAMPLE)],
+                       check=False)
     seqs = {r["seq"] for r in rows}
     print(f"rows written under ./datalake for this run: {len(rows)} "
           f"({len(seqs)} distinct of {sent} published, {len(rows) - len(seqs)} duplicates)")
@@ -96,9 +117,7 @@ def main() -> None:
     if rows:
         sample = {k: rows[-1][k] for k in ("_topic", "_received_at", "machine", "value", "unit", "date", "hour")}
         print("a row:", sample)
-    print("query it yourself: python -c \"import duckdb; print(duckdb.sql(\\\"select _topic, "
-          "count(*), avg(try_cast(value as double)) from read_parquet('datalake/**/*.parquet', hive_partitioning=true, "
-          "union_by_name=true) group by 1\\\"))\"")
+    print(f"query it yourself: {duckdb_hint()}")
     sys.exit(0 if len(seqs) == sent else 1)
 
 

@@ -13,7 +13,14 @@ import click
 
 from unsflow.errors import ConfigError, MissingDependency, SecretError, UnsflowError
 
-__all__ = ["main"]
+__all__ = ["main", "EXIT_OK", "EXIT_FAILED", "EXIT_CONFIG"]
+
+# Exit codes, one per kind of outcome, the same for every command (README, "Exit codes"):
+EXIT_OK = 0       # done; also a run stopped by SIGINT/SIGTERM that drained in time
+EXIT_FAILED = 1   # it ran and failed: a broker refused the login, a secret did not resolve,
+                  # a component or the data failed (training data, a publish not acknowledged)
+EXIT_CONFIG = 2   # what was given is wrong: an invalid config, a bad option or argument, a
+                  # missing file (click's own usage errors are 2 as well)
 
 
 class _JsonFormatter(logging.Formatter):
@@ -87,12 +94,12 @@ def run(config: str | None) -> None:
             cfg, config_hash = load_config_file(config)
     except ConfigError as exc:
         click.echo(str(exc), err=True)
-        sys.exit(2)
+        sys.exit(EXIT_CONFIG)
     try:
         _run_loop(_run(cfg, config, config_hash))
     except (SecretError, MissingDependency, UnsflowError) as exc:
         click.echo(f"unsflow: {exc}", err=True)
-        sys.exit(1)
+        sys.exit(EXIT_FAILED)
 
 
 def _run_loop(coro: object) -> None:
@@ -141,9 +148,46 @@ def validate(config: str) -> None:
         cfg = load_config(config)
     except ConfigError as exc:
         click.echo(str(exc), err=True)
-        sys.exit(1)
+        sys.exit(EXIT_CONFIG)
     click.echo(f"{config}: ok ({len(cfg.subscriptions)} subscription(s), "
                f"{len(cfg.targets)} target(s), {len(cfg.processors)} processor(s))")
+
+
+@main.group()
+def session() -> None:
+    """The persistent MQTT session a config keeps on its broker."""
+
+
+@session.command("end")
+@click.argument("config", required=False, type=click.Path(dir_okay=False))
+@click.option("--timeout", default=10.0, show_default=True,
+              help="Seconds to wait for the broker's answer.")
+def session_end(config: str | None, timeout: float) -> None:
+    """End the persistent session of CONFIG's client id on its broker.
+
+    A config with a fixed client-id and clean-start false keeps a session: the
+    broker queues what its subscriptions match while unsflow is down. Stopping
+    for good (a trial run, a retired config, a scaled-down replica)? End it, or
+    the broker queues for nobody until the session expires. Run it while that
+    pipeline is stopped. Without CONFIG, EDGE_SUBSCRIPTION_CONFIG.
+    """
+    from unsflow.config import load_config
+    from unsflow.engine.session import end_session
+
+    try:
+        cfg = load_config(config)
+        done = end_session(cfg, timeout=timeout)
+    except ConfigError as exc:
+        click.echo(str(exc), err=True)
+        sys.exit(EXIT_CONFIG)
+    except (SecretError, UnsflowError) as exc:
+        click.echo(f"unsflow session end: {exc}", err=True)
+        sys.exit(EXIT_FAILED)
+    if done.present:
+        click.echo(f"ended the session of client id {done.client_id!r} on {done.broker}; "
+                   "the broker dropped what it had queued for it")
+    else:
+        click.echo(f"no session of client id {done.client_id!r} on {done.broker}: nothing to end")
 
 
 @main.group()
@@ -176,16 +220,16 @@ def replay(file: str, config: str | None, topic_prefix: str | None, dry_run: boo
         cfg = load_config(config)
     except ConfigError as exc:
         click.echo(str(exc), err=True)
-        sys.exit(2)
+        sys.exit(EXIT_CONFIG)
     try:
         report = run_replay(file, cfg, topic_prefix=topic_prefix, dry_run=dry_run, keep=keep,
                             timeout=timeout)
     except FileNotFoundError as exc:
         click.echo(f"unsflow: {exc}", err=True)
-        sys.exit(2)
+        sys.exit(EXIT_CONFIG)
     except (SecretError, UnsflowError) as exc:
         click.echo(f"unsflow: {exc}", err=True)
-        sys.exit(1)
+        sys.exit(EXIT_FAILED)
     for line, why in report.skipped:
         click.echo(f"{file}:{line}: skipped: {why}", err=True)
     verb = "would publish" if dry_run else "published"
@@ -238,7 +282,7 @@ def simulate(config_file: str | None, host: str | None, port: int | None,
         cfg = load_simulator_config(config_file, overrides)
     except ConfigError as exc:
         click.echo(str(exc), err=True)
-        sys.exit(2)
+        sys.exit(EXIT_CONFIG)
     stop = threading.Event()
     for sig in (signal.SIGINT, signal.SIGTERM):
         signal.signal(sig, lambda *_: stop.set())
@@ -247,7 +291,7 @@ def simulate(config_file: str | None, host: str | None, port: int | None,
         stats = simulator.run(stop)
     except (UnsflowError, TimeoutError) as exc:
         click.echo(f"unsflow simulate: {exc}", err=True)
-        sys.exit(1)
+        sys.exit(EXIT_FAILED)
     click.echo(stats.summary())
 
 
@@ -283,7 +327,7 @@ def serve(store: str, store_options: tuple[str, ...], models: str | None, host: 
         key, sep, value = item.partition("=")
         if not sep or not key:
             click.echo(f"--store-option: expected KEY=VALUE, found {item!r}", err=True)
-            sys.exit(2)
+            sys.exit(EXIT_CONFIG)
         options[key.strip()] = value
     names = [n.strip() for n in models.split(",") if n.strip()] if models else None
     config = ServeConfig(store=store, store_options=options, models=names, host=host, port=port,
@@ -294,7 +338,7 @@ def serve(store: str, store_options: tuple[str, ...], models: str | None, host: 
         run_server(config)
     except (ValueError, UnsflowError) as exc:
         click.echo(f"unsflow serve: {exc}", err=True)
-        sys.exit(1)
+        sys.exit(EXIT_FAILED)
 
 
 def _add_ml_commands() -> None:

@@ -77,7 +77,7 @@ def test_unknown_keys_are_errors_with_path():
     data["targets"]["s3-target"]["s3-bukket"] = "x"
     data["colour"] = "blue"
     found = issues_of(data)
-    assert "targets.s3-target.s3-bukket: expected no such key (unknown keys are errors), found key 's3-bukket'" in found
+    assert "targets.s3-target.s3-bukket: expected no such key (unknown keys are errors), found key 's3-bukket' (did you mean 's3-bucket'?)" in found
     assert any(i.startswith("colour:") for i in found)
 
 
@@ -132,8 +132,62 @@ def test_every_error_reported_at_once():
 
 
 def test_invalid_json_text():
-    with pytest.raises(ConfigError, match="valid JSON"):
+    with pytest.raises(ConfigError, match="line 1, column 2: expected a key in double quotes"):
         load_config_text("{nope", source="x.json")
+
+
+@pytest.mark.parametrize("text, message", [
+    # a trailing comma: the decoder says line 5 ("Expecting property name"), the comma is on 4
+    ('{\n  "targets": {\n    "lake": {"type": "file", "path": "x.jsonl"}\n  },\n'
+     '  "subscriptions": {"a/#": {"qos": 1, "target": "lake"}},\n}',
+     "line 5, column 57: expected no comma after the last item before '}' (JSON allows no "
+     "trailing comma), found '\"subscriptions\": {\"a/#\": {\"qos\": 1, \"target\": "
+     "\"lake\"}},'"),
+    ('{"a": [1, 2,]}', "line 1, column 12: expected no comma after the last item before ']'"),
+    ('{\n  "targets": {}\n  "subscriptions": {}\n}',
+     "line 2, column 16: expected a comma between two items, found '\"targets\": {}'"),
+    ("{'targets': {}}", "line 1, column 2: expected a key in double quotes (JSON has no single "
+                        "quotes)"),
+    ('{"targets": {"a": "C:\\path"}}', "a Windows path needs each backslash doubled"),
+    ('{"targets": "x', "line 1, column 13: expected a closing double quote"),
+    ('{"targets": {}} x', "line 1, column 17: expected nothing after the end of the config"),
+    ("", "<root>: expected a JSON object with targets and subscriptions, found an empty file"),
+])
+def test_json_syntax_errors_name_line_column_and_mistake(text, message):
+    with pytest.raises(ConfigError) as info:
+        load_config_text(text, source="x.json")
+    assert message in str(info.value)
+
+
+def test_yaml_syntax_error_names_line_and_column():
+    with pytest.raises(ConfigError) as info:
+        load_config_text("targets:\n  lake: {type: file\nsubscriptions: {}\n", fmt="yaml")
+    assert "line 3, column 14: expected valid YAML, found while parsing a flow mapping" in \
+        str(info.value)
+
+
+def test_unknown_keys_suggest_the_nearest_known_key():
+    data = reference()
+    data["targets"]["s3-target"]["formt"] = "parquet"
+    data["mqtt-broker"] = {"hots": "broker", "tls": {"ca-fle": "/ca.crt"}}
+    data["subscriptions"]["com1/plant1/area1/+/Message1"]["tagret"] = "x"
+    data["spool"] = {"max-byte": 1}
+    data["subscription"] = {}
+    data["processors"]["edge-inference"]["zzz"] = 1
+    found = "\n".join(issues_of(data))
+    for line in [
+        "targets.s3-target.formt: expected no such key (unknown keys are errors), found key "
+        "'formt' (did you mean 'format'?)",
+        "found key 'hots' (did you mean 'host'?)",
+        "mqtt-broker.tls.ca-fle: expected no such key (unknown keys are errors), found key "
+        "'ca-fle' (did you mean 'ca-file'?)",
+        "found key 'tagret' (did you mean 'target'?)",
+        "found key 'max-byte' (did you mean 'max-bytes'?)",
+        "found key 'subscription' (did you mean 'subscriptions'?)",
+        "processors.edge-inference.zzz: expected no such key (unknown keys are errors), found "
+        "key 'zzz'\n",
+    ]:
+        assert line in found + "\n", line
 
 
 def test_schema_is_valid_and_accepts_reference():
@@ -164,7 +218,7 @@ def test_cli_validate_reports_each_error(tmp_path):
     p = tmp_path / "bad.json"
     p.write_text(json.dumps(data))
     r = run_cli("validate", str(p))
-    assert r.returncode == 1
+    assert r.returncode == 2  # EXIT_CONFIG, as `unsflow run` exits for the same config
     assert "subscriptions.a/#/b.qos" in r.stderr
     assert "subscriptions.a/#/b.target" in r.stderr
     assert "subscriptions.a/#/b:" in r.stderr

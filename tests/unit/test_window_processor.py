@@ -59,26 +59,55 @@ async def test_out_of_order_arrivals_are_placed_by_time() -> None:
                 reading(12.5, t=2000), reading(14.0, t=5000), reading(11.0, t=3500)]
     outputs, failures = await w.process(arrivals)
     assert failures == []
-    assert [o.record["window"] for o in outputs] == [
-        [12.0, 12.5, 13.0, 40.0],          # 12.5 (t=2000) arrived fourth, placed second
-        [12.5, 13.0, 40.0, 14.0],
-        [13.0, 11.0, 40.0, 14.0],          # 11.0 (t=3500) slots in between 3000 and 4000
-    ]
-    # the spike (t=4000) sits where its time says, newest values last
-    assert all(win[-1] == 14.0 for win in (o.record["window"] for o in outputs[1:]))
+    # Each record gets its own window: the values at or before its time, its own last.
+    assert [(o.record["ts"], o.record["window"]) for o in outputs] == [
+        (5000, [12.5, 13.0, 40.0, 14.0]),  # 12.5 (t=2000) arrived fourth, placed second
+        (3500, [12.0, 12.5, 13.0, 11.0]),  # arrived after t=4000 and 5000: the window it
+    ]                                      # would have had in order, not the newest values
+    # t=1000..4000 were warming: fewer than 4 values at or before their time on arrival
+    assert w.outcomes() == {"warming": 4, "late": 0, "evicted": 0}
 
 
-async def test_too_late_record_is_held_or_passed() -> None:
-    w = processor(size=2, **{"time-field": "ts"})
-    outputs, _ = await w.process([reading(1, t=10), reading(2, t=20), reading(0, t=5)])
-    assert [o.record["window"] for o in outputs] == [[1, 2]]
-    assert w.describe()["late"] == 1
+async def test_a_late_record_gets_its_window_from_the_kept_history() -> None:
+    w = processor(size=3, history=6, **{"time-field": "ts"})
+    in_order, _ = await w.process([reading(float(t), t=t) for t in (1, 2, 3, 5, 6, 7)])
+    assert [o.record["window"] for o in in_order] == [[1, 2, 3], [2, 3, 5], [3, 5, 6],
+                                                      [5, 6, 7]]
+    late, failures = await w.process([reading(4.0, t=4)])  # after 5, 6, 7
+    assert failures == [] and late[0].record["window"] == [2.0, 3.0, 4.0]
+    # later windows include it in its place
+    after, _ = await w.process([reading(8.0, t=8)])
+    assert after[0].record["window"] == [6.0, 7.0, 8.0]
+    assert w._windows[("m1", "vibration")].values == [3.0, 4.0, 5.0, 6.0, 7.0, 8.0]
 
-    w = processor(size=2, **{"time-field": "ts", "no-window": "pass"})
+
+async def test_too_late_record_is_dead_lettered_with_the_reason_or_passed() -> None:
+    # history 2: a record older than both kept values, while older ones existed
+    w = processor(size=2, history=2, **{"time-field": "ts"})
+    first = [reading(1, t=10), reading(2, t=20), reading(3, t=30)]
+    outputs, failures = await w.process([*first, reading(0, t=5)])
+    assert [o.record["window"] for o in outputs] == [[1, 2], [2, 3]]
+    assert [f.error for f in failures] == [
+        "late: time 5 is older than the 2 values kept for key ('m1', 'vibration') (oldest 20);"
+        " its window cannot be rebuilt: raise history (now 2) to accept later arrivals"]
+    assert w.outcomes()["late"] == 1
+    # one whose window needs a value the history dropped (t=10) is late too
+    outputs, failures = await w.process([reading(2.5, t=25)])
+    assert outputs == [] and len(failures) == 1 and w.outcomes()["late"] == 2
+
+    w = processor(size=2, history=2, late="pass", **{"time-field": "ts"})
     late = reading(0, t=5)
-    outputs, _ = await w.process([reading(1, t=10), reading(2, t=20), late])
-    assert [o.record.get("window") for o in outputs] == [None, [1, 2], None]
-    assert outputs[2] is late
+    outputs, failures = await w.process([*first, late])
+    assert failures == []
+    assert [o.record.get("window") for o in outputs] == [[1, 2], [2, 3], None]
+    assert outputs[2] is late and w.outcomes()["late"] == 1
+
+
+async def test_a_key_that_never_had_older_values_is_warming_not_late() -> None:
+    w = processor(size=3, **{"time-field": "ts"})
+    outputs, failures = await w.process([reading(2, t=20), reading(1, t=10)])
+    assert outputs == [] and failures == []
+    assert w.outcomes() == {"warming": 2, "late": 0, "evicted": 0}
 
 
 async def test_warming_records_pass_on_without_window_or_emit_partial() -> None:
@@ -100,10 +129,11 @@ async def test_redelivered_reading_with_same_time_does_not_count_twice() -> None
 
 async def test_iso_times_and_topic_key() -> None:
     w = processor(size=2, key="{topic}", **{"time-field": "ts"})
-    a = Message("acme/m1/vibration", b"", record={"value": 2.0, "ts": "2026-11-23T12:00:01+00:00"})
-    b = Message("acme/m1/vibration", b"", record={"value": 1.0, "ts": "2026-11-23T12:00:00+00:00"})
-    outputs, failures = await w.process([a, b])
-    assert failures == [] and [o.record["window"] for o in outputs] == [[1.0, 2.0]]
+    a = Message("acme/m1/vibration", b"", record={"value": 1.0, "ts": "2026-11-23T12:00:00+00:00"})
+    c = Message("acme/m1/vibration", b"", record={"value": 3.0, "ts": "2026-11-23T12:00:02+00:00"})
+    b = Message("acme/m1/vibration", b"", record={"value": 2.0, "ts": "2026-11-23T12:00:01+00:00"})
+    outputs, failures = await w.process([a, c, b])
+    assert failures == [] and [o.record["window"] for o in outputs] == [[1.0, 3.0], [1.0, 2.0]]
     # undecoded bare numbers (a UNS topic per metric) are read as {"value": number}
     w = processor(size=2, key="{topic}")
     outputs, failures = await w.process([Message("acme/m2/vibration", b"7.5"),
@@ -166,15 +196,19 @@ async def test_demo_data_windows_match_the_csv_per_pump() -> None:
              for r in reversed(rows)]  # newest first, as the demo sent them
     w = processor(size=5, **{"key-fields": ["machineId", "deviceId"], "time-field": "epochMillis"})
     outputs, failures = await w.process(batch)
-    # newest first: each pump's first five arrivals fill its window; every older one is late
-    assert failures == [] and len(outputs) == 2
-    assert w.describe()["late"] == len(rows) - 2 * 5
-    # after all rows, each pump's window is its last five values by time
+    # newest first: each arrival is older than every value before it, so none has the
+    # values before it; once a pump's history (20) is full, older arrivals are late and
+    # dead-lettered saying so, never held without a trace
+    assert outputs == []
+    assert w.outcomes()["warming"] == 2 * 20 and w.outcomes()["late"] == len(rows) - 2 * 20
+    assert len(failures) == len(rows) - 2 * 20
+    assert all(f.error.startswith("late: time ") for f in failures)
+    # each pump keeps its last twenty values by time
     for pump in ("pump-1", "pump-2"):
         values = [float(r["value"]) for r in sorted(rows, key=lambda r: int(r["ts"]))
                   if r["id"] == pump]
         key = ("floor-1-line-1-extruder-1", pump)
-        assert w._windows[key].values == values[-5:]
+        assert w._windows[key].values == values[-20:]
 
 
 def test_config_errors_name_the_key() -> None:
@@ -257,12 +291,17 @@ async def test_in_a_pipeline_held_and_failed_messages_are_acknowledged(tmp_path:
     assert "must hold a finite number, found 'high'" in dead[0]["error"]
 
 
-async def test_concurrent_batches_are_windowed_in_the_order_handed_over(
-        monkeypatch: pytest.MonkeyPatch) -> None:
-    """The engine runs batches concurrently; a large one (worker thread) is not overtaken."""
+async def test_batches_reach_the_window_in_source_order_through_the_engine(
+        monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    """parse sends a large batch to a worker thread and a small one inline: the window
+    after it must still see the large one first (issue 11: a burst lost 30% of readings)."""
     import asyncio
 
-    import unsflow.processors.window as window_module
+    import unsflow.processors.parse as parse_module
+    from unsflow.engine.deadletter import DeadLetter
+    from unsflow.engine.path import TargetPath
+    from unsflow.processors.parse import ParseProcessor, ParseProcessorConfig
+    from unsflow.testing import MemoryTarget
 
     to_thread = asyncio.to_thread
 
@@ -270,11 +309,23 @@ async def test_concurrent_batches_are_windowed_in_the_order_handed_over(
         await asyncio.sleep(0.05)
         return await to_thread(*args)
 
-    monkeypatch.setattr(window_module.asyncio, "to_thread", slow_thread_start)
+    monkeypatch.setattr(parse_module.asyncio, "to_thread", slow_thread_start)
+    parse = ParseProcessor("p", ParseProcessorConfig.model_validate({"type": "parse"}),
+                           Context(env={}))
     w = processor(size=5, time_field="ts")
-    first = [reading(float(i), t=i) for i in range(300)]  # large: goes to a worker thread
-    second = [reading(float(i), t=i) for i in range(300, 310)]  # small: would run inline
-    (out1, _), (out2, _) = await asyncio.gather(w.process(first), w.process(second))
-    assert w.describe()["late"] == 0
-    assert len(out1) == 296 and len(out2) == 10
-    assert out2[0].record["window"] == [296.0, 297.0, 298.0, 299.0, 300.0]
+    target = MemoryTarget()
+    path = TargetPath(target, [parse, w], DeadLetter(str(tmp_path / "dead.jsonl")))
+
+    def raw(i: int) -> Message:
+        return Message("acme/p1/a1/l1/m1/vibration",
+                       json.dumps({"machine": "m1", "sensor": "vibration", "value": float(i),
+                                   "ts": i}).encode())
+
+    first = [raw(i) for i in range(300)]  # large: parsed in a worker thread
+    second = [raw(i) for i in range(300, 310)]  # small: parsed inline, would overtake
+    tickets = path.ticket(), path.ticket()
+    await asyncio.gather(path.handle(first, tickets[0]), path.handle(second, tickets[1]))
+    assert w.outcomes() == {"warming": 4, "late": 0, "evicted": 0}
+    windows = [m.record["window"] for m in target.messages]
+    assert len(windows) == 306
+    assert windows[296] == [296.0, 297.0, 298.0, 299.0, 300.0]

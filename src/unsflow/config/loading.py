@@ -15,9 +15,11 @@ from pathlib import Path
 from typing import Any
 
 import yaml
-from pydantic import ValidationError
+from pydantic import BaseModel, ValidationError
 
+from unsflow import registry
 from unsflow.config.models import PipelineConfig, pipeline_model
+from unsflow.config.syntax import did_you_mean, json_syntax_issue, yaml_syntax_issue
 from unsflow.engine.topics import filter_problem
 from unsflow.errors import ConfigError, ConfigIssue
 
@@ -56,9 +58,10 @@ def load_config_text(text: str, *, fmt: str = "json", source: str = "config",
     """Parse ``text`` as JSON or YAML and validate it."""
     try:
         data = yaml.safe_load(text) if fmt == "yaml" else json.loads(text)
-    except (json.JSONDecodeError, yaml.YAMLError) as exc:
-        raise ConfigError([ConfigIssue("", f"valid {fmt.upper()}", str(exc).splitlines()[0])],
-                          source=source) from exc
+    except json.JSONDecodeError as exc:
+        raise ConfigError([json_syntax_issue(text, exc)], source=source) from exc
+    except yaml.YAMLError as exc:
+        raise ConfigError([yaml_syntax_issue(exc)], source=source) from exc
     return parse_config(data, source=source, env=env)
 
 
@@ -125,8 +128,11 @@ def _structural_issues(exc: ValidationError, data: dict[str, Any]) -> list[Confi
         if kind == "missing":
             issues.append(ConfigIssue(path, "a value (required key)", "nothing"))
         elif kind == "extra_forbidden":
+            known = _known_keys(loc[:-1], data)
+            guess = did_you_mean(str(loc[-1]), known) if known else None
+            hint = f" (did you mean {guess!r}?)" if guess else ""
             issues.append(ConfigIssue(path, "no such key (unknown keys are errors)",
-                                      f"key {loc[-1]!r}"))
+                                      f"key {loc[-1]!r}{hint}"))
         elif kind == "union_tag_invalid":
             tags = err.get("ctx", {}).get("expected_tags", "")
             issues.append(ConfigIssue(path + ".type", f"one of {tags}", _short(err["input"].get("type")
@@ -140,6 +146,60 @@ def _structural_issues(exc: ValidationError, data: dict[str, Any]) -> list[Confi
             msg = err["msg"].replace("Input should be ", "").replace("Value error, ", "")
             issues.append(ConfigIssue(path, msg, _short(err["input"])))
     return issues
+
+
+_SECTIONS = {"targets": "targets", "processors": "processors", "sources": "sources"}
+
+
+def _known_keys(loc: list[Any], data: dict[str, Any]) -> list[str]:
+    """The keys the model at ``loc`` accepts (for "did you mean"); empty if unknown."""
+    model: Any = pipeline_model()
+    node: Any = data
+    i = 0
+    while i < len(loc):
+        part = loc[i]
+        if i == 0 and part in _SECTIONS:
+            if i + 1 >= len(loc):
+                return []
+            item = node.get(part, {}).get(loc[1]) if isinstance(node.get(part), dict) else None
+            if not isinstance(item, dict):
+                return []
+            try:
+                model = registry.load(_SECTIONS[part], str(item.get("type"))).config_class  # type: ignore[arg-type]
+            except (KeyError, ImportError, AttributeError):
+                return []
+            node, i = item, i + 2
+            continue
+        if i == 0 and part == "subscriptions":
+            if i + 1 >= len(loc):
+                return []
+            from unsflow.config.models import SubscriptionConfig
+
+            model, node, i = SubscriptionConfig, None, i + 2
+            continue
+        field = next((f for n, f in model.model_fields.items()
+                      if (f.alias or n) == part or n == part), None)
+        if field is None:
+            return []
+        model = _model_of(field.annotation)
+        if model is None:
+            return []
+        node = node.get(part) if isinstance(node, dict) else None
+        i += 1
+    return [f.alias or n for n, f in model.model_fields.items()]
+
+
+def _model_of(annotation: Any) -> type[BaseModel] | None:
+    """The config model inside an annotation (``X``, ``X | None``), if there is one."""
+    import typing
+
+    if isinstance(annotation, type) and issubclass(annotation, BaseModel):
+        return annotation
+    for arg in typing.get_args(annotation):
+        found = _model_of(arg)
+        if found is not None:
+            return found
+    return None
 
 
 def _semantic_issues(data: dict[str, Any]) -> list[ConfigIssue]:

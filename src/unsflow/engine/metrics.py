@@ -99,6 +99,11 @@ METRICS: list[MetricSpec] = [
     # Messages a processor failed for good (sent to the dead letter).
     MetricSpec("unsflow_processor_dead_lettered_total", "counter", ("processor",),
                "Messages the processor sent to the dead letter."),
+    # Inputs by notable outcome beyond outputs and failures, from Processor.outcomes():
+    # window warming (held while a key fills) and late, filter filtered, threshold alerts
+    # and within-limits, python filtered. Every input that gave no output is in here.
+    MetricSpec("unsflow_processor_outcomes_total", "counter", ("processor", "outcome"),
+               "Inputs by notable outcome (warming, late, filtered, alerts, ...)."),
     # Retried processor calls (remote inference down, timeouts).
     MetricSpec("unsflow_processor_retries_total", "counter", ("processor",),
                "Retried processor calls."),
@@ -229,6 +234,9 @@ class PipelineCollector:
                     acc[1] += st.emitted
                     acc[2] += st.dead_lettered
                     acc[3] += st.retries
+        for proc_id, proc in p.processors.items():
+            for outcome, count in proc.outcomes().items():
+                add("unsflow_processor_outcomes_total", [proc_id, outcome], count)
         for proc, (received, emitted, dead, retries) in processors.items():
             add("unsflow_processor_received_total", [proc], received)
             add("unsflow_processor_emitted_total", [proc], emitted)

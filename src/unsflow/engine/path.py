@@ -14,6 +14,12 @@ so the target sees them in order. A drainer task writes spooled batches to the
 target, oldest first, with the same backoff. A full spool is waited for
 (acknowledgements held), never skipped. Processor failures are retried as
 before: the spool sits between the last processor and the target.
+
+Order: every stage of the path sees batches in the order the source delivered
+them (:mod:`unsflow.engine.order`): a batch leaves a stage only after the one
+before it left, and a ``serial`` processor (one with state across batches)
+takes one batch at a time. So a window after a parser that sends large
+batches to a worker thread still sees readings in source order.
 """
 
 from __future__ import annotations
@@ -28,6 +34,7 @@ from typing import TypeVar
 from unsflow.engine.backoff import Backoff
 from unsflow.engine.deadletter import DeadLetter
 from unsflow.engine.metrics import LatencyBuckets
+from unsflow.engine.order import Turnstile
 from unsflow.engine.spool import Spool, SpoolEntry, SpoolFull
 from unsflow.errors import ComponentError, PermanentError, TransientError
 from unsflow.message import Failure, Message
@@ -97,6 +104,9 @@ class TargetPath:
                  *, backoff_initial: float = 0.2, backoff_max: float = 30.0,
                  spool: Spool | None = None) -> None:
         self.target = target
+        self._next_ticket = 0
+        self._processors: list[Processor] = []
+        self._gates: list[Turnstile] = []
         self.processors = processors
         self.dead_letter = dead_letter
         self.spool = spool
@@ -112,25 +122,66 @@ class TargetPath:
     def id(self) -> str:
         return self.target.id
 
-    async def handle(self, batch: list[Message]) -> None:
+    @property
+    def processors(self) -> list[Processor]:
+        return self._processors
+
+    @processors.setter
+    def processors(self, processors: list[Processor]) -> None:
+        """A new chain (a reload, with no batch in flight): one turnstile per stage + target."""
+        self._processors = list(processors)
+        self._gates = [Turnstile(self._next_ticket) for _ in range(len(self._processors) + 1)]
+
+    def ticket(self) -> int:
+        """The next batch's place in this path's order. Taken when the batch is routed
+        (synchronously, in source order), then given to :meth:`handle`."""
+        n = self._next_ticket
+        self._next_ticket += 1
+        return n
+
+    async def handle(self, batch: list[Message], ticket: int | None = None) -> None:
         """Return when every message of ``batch`` is durably accepted (by the target or the
-        spool) or dead-lettered."""
+        spool) or dead-lettered.
+
+        ``ticket`` (from :meth:`ticket`) is the batch's place in source order; each stage
+        sees the batches of this path in ticket order. Without one, the batch takes the
+        next ticket now.
+        """
+        if ticket is None:
+            ticket = self.ticket()
         started = time.monotonic()
         self.stats.received += len(batch)
-        for proc in self.processors:
-            outputs = await self._attempt(proc.stage, batch, proc.process)
-            if outputs is None:
-                return
-            batch = outputs
-            if not batch:
-                return
-        if self.spool is None:
-            written = await self._attempt(self.target.stage, batch, self._write)
-        else:
-            written = await self._write_or_spool(batch)
-        if written is not None:
-            self.stats.accepted += len(written)
-        self.stats.last_batch_seconds = time.monotonic() - started
+        gates = self._gates
+        reached = 0
+        try:
+            for i, proc in enumerate(self._processors):
+                reached = i
+                gate = gates[i]
+                if proc.ordering == "serial":
+                    await gate.turn(ticket)
+                outputs = await self._attempt(proc.stage, batch, proc.process)
+                await gate.turn(ticket)  # leave in order: the next stage sees source order
+                gate.passed(ticket)
+                reached = i + 1
+                if not outputs:  # all dead-lettered (None) or nothing to pass on
+                    return
+                batch = outputs
+            gate = gates[-1]
+            if self.spool is None:
+                written = await self._attempt(self.target.stage, batch, self._write)
+            else:
+                written = await self._write_or_spool(batch)
+            await gate.turn(ticket)
+            gate.passed(ticket)
+            reached = len(gates)
+            if written is not None:
+                self.stats.accepted += len(written)
+            self.stats.last_batch_seconds = time.monotonic() - started
+        finally:
+            # Ended early (filtered out, dead-lettered, cancelled, failed): later batches
+            # must not wait for this one at the stages it never reached.
+            for gate in gates[reached:]:
+                gate.passed(ticket)
 
     async def _write(self, batch: list[Message]) -> tuple[list[Message], list[Failure]]:
         failures = await self.target.write(batch)

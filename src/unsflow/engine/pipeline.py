@@ -98,6 +98,8 @@ class Pipeline:
         self.running = False  # started and not stopping: part of /readyz
         self.http: HealthServer | None = None
         self._readers: dict[Source, asyncio.Task[None]] = {}
+        # What start() has started so far (closed again when a stop interrupts it).
+        self._started: list[Processor | TargetPath | Source] = []
         self._fatal: asyncio.Future[None] | None = None
         # Config reloads (engine/swap.py, engine/reload.py): what /metrics shows.
         self.generation = 1
@@ -125,13 +127,22 @@ class Pipeline:
         return cls(name, scfg, self.context)  # type: ignore[no-any-return]
 
     async def start(self) -> None:
-        """Start processors and targets, then connect the source."""
+        """Start processors and targets, then connect the sources.
+
+        Components are recorded as they start, so that a start cancelled by a
+        stop (a broker that does not answer) closes what already runs.
+        """
+        self._started = []
         for proc in self.processors.values():
             await proc.start()
+            self._started.append(proc)
         for path in self.paths.values():
             await path.target.start()
+            self._started.append(path)
             await path.start_spool()
         for source, _ in self.sources:
+            self._started.append(source)  # before: a connect loop owns a client to close
+            log.info("[%s] connecting to %s", source.id, source.describe_endpoint())
             await source.start()
         self.started_at = time.time()
         self.running = True
@@ -142,16 +153,38 @@ class Pipeline:
         return self.sources[0][0]
 
     async def run(self, stop: asyncio.Event) -> None:
-        """Run until ``stop`` is set, then drain and close (see module docstring)."""
+        """Run until ``stop`` is set, then drain and close (see module docstring).
+
+        ``stop`` is heard in every phase: while the sources still connect (a
+        broker that is down, a Kafka cluster that does not answer, a secret
+        store that is slow), a stop cancels the start, closes what already
+        started and returns: nothing was in flight.
+        """
         await self._start_http()
+        stopper = asyncio.create_task(stop.wait(), name="pipeline-stop-wait")
+        starting = asyncio.create_task(self.start(), name="pipeline-start")
         try:
-            await self.start()
+            await asyncio.wait({stopper, starting}, return_when=asyncio.FIRST_COMPLETED)
         except BaseException:
-            await self._stop_http()
+            starting.cancel()
+            stopper.cancel()
             raise
+        if not starting.done():
+            log.info("stopping while starting: closing what has started")
+            starting.cancel()
+            await asyncio.gather(starting, return_exceptions=True)
+            await self._close_started()
+            await self._stop_http()
+            log.info("stopped before the pipeline ran: nothing was in flight")
+            return
+        if starting.exception() is not None:
+            stopper.cancel()
+            await asyncio.gather(stopper, return_exceptions=True)
+            await self._close_started()
+            await self._stop_http()
+            starting.result()  # raises the start's error
         self._fatal = asyncio.get_running_loop().create_future()
         self.start_readers()
-        stopper = asyncio.create_task(stop.wait(), name="pipeline-stop-wait")
         try:
             waits: set[asyncio.Future[Any]] = {stopper, self._fatal}
             await asyncio.wait(waits, return_when=asyncio.FIRST_COMPLETED)
@@ -168,6 +201,20 @@ class Pipeline:
             await self.stop_readers()
             await asyncio.gather(stopper, return_exceptions=True)
             await self.shutdown()
+
+    async def _close_started(self) -> None:
+        """Close, newest first, the components a start that did not finish had started."""
+        started, self._started = self._started, []
+        for component in reversed(started):
+            try:
+                if isinstance(component, TargetPath):
+                    await component.stop_spool(1.0)
+                    await component.target.stop()
+                else:
+                    await component.stop()
+            except Exception:  # closing after a failed start: report, close the others
+                log.exception("[%s] error while closing after an interrupted start",
+                              component.id)
 
     def start_readers(self) -> None:
         """One reader task per source (after start, and after a reload)."""
@@ -232,7 +279,10 @@ class Pipeline:
                 self._note_subscriptions(messages)
             else:
                 groups = {t: messages for t in fixed}
-            task = asyncio.create_task(self._deliver(source, groups, token),
+            # Each path's place for this batch, taken now, in source order: every stage
+            # of a path sees its batches in this order (engine/order.py).
+            tickets = {name: self.paths[name].ticket() for name in groups}
+            task = asyncio.create_task(self._deliver(source, groups, tickets, token),
                                        name=f"deliver-{source.id}-{self._batch_no}")
             self._tasks.add(task)
             task.add_done_callback(lambda t, n=len(messages): self._task_done(t, budget, n))
@@ -287,12 +337,14 @@ class Pipeline:
             await self.http.stop()
             self.http = None
 
-    async def _deliver(self, source: Source, groups: dict[str, list[Message]], token: Any) -> None:
+    async def _deliver(self, source: Source, groups: dict[str, list[Message]],
+                       tickets: dict[str, int], token: Any) -> None:
         if len(groups) == 1:
             ((name, batch),) = groups.items()
-            await self.paths[name].handle(batch)
+            await self.paths[name].handle(batch, tickets[name])
         elif groups:
-            await asyncio.gather(*(self.paths[n].handle(b) for n, b in groups.items()))
+            await asyncio.gather(*(self.paths[n].handle(b, tickets[n])
+                                   for n, b in groups.items()))
         source.ack(token)
 
     async def shutdown(self) -> None:

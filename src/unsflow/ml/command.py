@@ -76,8 +76,10 @@ def train_command(lake: str, lake_option: tuple[str, ...], store: str,
     try:
         result = train(opts)
     except (UnsflowError, MissingDependency, ValueError) as exc:
+        from unsflow.cli import EXIT_FAILED
+
         click.echo(f"unsflow train: {exc}", err=True)
-        sys.exit(1)
+        sys.exit(EXIT_FAILED)
     m = result.metrics
     click.echo(json.dumps({
         "name": result.name, "version": result.version, "store": store, "model": result.model,

@@ -84,6 +84,7 @@ class FilterProcessor(Processor[FilterProcessorConfig]):
     """Passes matching messages on, unchanged; see the module contract."""
 
     config_class = FilterProcessorConfig
+    ordering = "concurrent"  # stateless: batches may overlap
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
@@ -96,8 +97,13 @@ class FilterProcessor(Processor[FilterProcessorConfig]):
 
     async def process(self, batch: list[Message]) -> ProcessResult:
         if len(batch) >= _THREAD_MIN:
-            return await asyncio.to_thread(self._process_all, batch)
-        return self._process_all(batch)
+            outputs, failures = await asyncio.to_thread(self._process_all, batch)
+        else:
+            outputs, failures = self._process_all(batch)
+        # Counted here, on the event loop: batches may be in several threads at once.
+        self.kept += len(outputs)
+        self.dropped += len(batch) - len(outputs) - len(failures)
+        return outputs, failures
 
     def _process_all(self, batch: list[Message]) -> ProcessResult:
         outputs: list[Message] = []
@@ -111,10 +117,7 @@ class FilterProcessor(Processor[FilterProcessorConfig]):
                 failures.append(Failure(msg, str(exc), self.stage))
                 continue
             if keep:
-                self.kept += 1
                 outputs.append(msg if msg.record is record else msg.derive(record=record))
-            else:
-                self.dropped += 1
         return outputs, failures
 
     def _value(self, record: dict[str, Any]) -> Any:
@@ -148,6 +151,9 @@ class FilterProcessor(Processor[FilterProcessorConfig]):
             if cfg.below is not None and not value < cfg.below:
                 return False
         return True
+
+    def outcomes(self) -> dict[str, int]:
+        return {"filtered": self.dropped}
 
     def describe(self) -> dict[str, Any]:
         return {**super().describe(), "field": self.config.field, "kept": self.kept,

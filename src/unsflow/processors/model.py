@@ -95,6 +95,7 @@ class ModelProcessor(Processor[ModelProcessorConfig]):
     """In-process ONNX inference; see the module contract."""
 
     config_class = ModelProcessorConfig
+    ordering = "concurrent"  # stateless: batches may overlap
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)

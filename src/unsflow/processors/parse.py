@@ -82,6 +82,7 @@ class ParseProcessor(Processor[ParseProcessorConfig]):
     """Decodes each message once; undecodable messages become failures."""
 
     config_class = ParseProcessorConfig
+    ordering = "concurrent"  # stateless: batches may overlap
 
     async def process(self, batch: list[Message]) -> ProcessResult:
         if len(batch) >= _THREAD_MIN:

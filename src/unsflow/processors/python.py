@@ -163,6 +163,9 @@ class PythonProcessor(Processor[PythonProcessorConfig]):
     def _name(self) -> str:
         return self.config.function
 
+    def outcomes(self) -> dict[str, int]:
+        return {"filtered": self.filtered}
+
     def describe(self) -> dict[str, Any]:
         return {**super().describe(), "function": self.config.function,
                 "mode": self.config.mode, "filtered": self.filtered}

@@ -92,6 +92,7 @@ class RemoteProcessor(Processor[RemoteProcessorConfig]):
     """Enriches records with a remote model's answer; see the module contract."""
 
     config_class = RemoteProcessorConfig
+    ordering = "concurrent"  # stateless: batches may overlap
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)

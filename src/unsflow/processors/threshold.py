@@ -79,6 +79,7 @@ class ThresholdProcessor(Processor[ThresholdProcessorConfig]):
     """Compares one field with limits; outputs alerts or annotated records."""
 
     config_class = ThresholdProcessorConfig
+    ordering = "concurrent"  # stateless: batches may overlap
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
@@ -86,26 +87,41 @@ class ThresholdProcessor(Processor[ThresholdProcessorConfig]):
         self._subject = cfg.name or " ".join(str(v) for v in cfg.match.values()) or cfg.field
         self._match = list(cfg.match.items())
         self.alerts = 0
+        self.checked = 0  # selected by match and compared with the limits
+        self.skipped = 0  # not selected by match
 
     async def process(self, batch: list[Message]) -> ProcessResult:
         if len(batch) >= _THREAD_MIN:
-            return await asyncio.to_thread(self._process_all, batch)
-        return self._process_all(batch)
+            outputs, failures, counts = await asyncio.to_thread(self._process_all, batch)
+        else:
+            outputs, failures, counts = self._process_all(batch)
+        # Counted here, on the event loop: batches may be in several threads at once.
+        self.alerts += counts[0]
+        self.checked += counts[1]
+        self.skipped += counts[2]
+        return outputs, failures
 
-    def _process_all(self, batch: list[Message]) -> ProcessResult:
+    def _process_all(self, batch: list[Message]
+                     ) -> tuple[list[Message], list[Failure], tuple[int, int, int]]:
         outputs: list[Message] = []
         failures: list[Failure] = []
+        alerts = checked = skipped = 0
         cfg = self.config
         annotate = cfg.mode == "annotate"
         for msg in batch:
             try:
                 record = _record(msg)
-                alert = self._check(record) if self._selects(record) else None
+                selected = self._selects(record)
+                alert = self._check(record) if selected else None
             except ValueError as exc:
                 failures.append(Failure(msg, str(exc), self.stage))
                 continue
+            if selected:
+                checked += 1
+            else:
+                skipped += 1
             if alert is not None:
-                self.alerts += 1
+                alerts += 1
             if annotate:
                 outputs.append(msg.derive(record={**record, cfg.output_field: alert is not None}))
             elif alert is not None:
@@ -113,7 +129,7 @@ class ThresholdProcessor(Processor[ThresholdProcessorConfig]):
                 outputs.append(msg.derive(record={
                     "alert": text, "limit": limit, "value": value, "reading": record,
                     "topic": msg.topic}))
-        return outputs, failures
+        return outputs, failures, (alerts, checked, skipped)
 
     def _selects(self, record: dict[str, Any]) -> bool:
         return all(name in record and record[name] == want for name, want in self._match)
@@ -130,6 +146,13 @@ class ThresholdProcessor(Processor[ThresholdProcessorConfig]):
         if cfg.below is not None and value < cfg.below:
             return f"{self._subject} below {cfg.below}", cfg.below, value
         return None
+
+    def outcomes(self) -> dict[str, int]:
+        out = {"alerts": self.alerts}
+        if self.config.mode == "alerts":  # readings that gave no alert give no output
+            out["within-limits"] = self.checked - self.alerts
+            out["not-selected"] = self.skipped
+        return out
 
     def describe(self) -> dict[str, Any]:
         return {**super().describe(), "above": self.config.above, "below": self.config.below,

@@ -17,10 +17,10 @@ the region and the AWS error code; never the secret's value.
 
 from __future__ import annotations
 
-import asyncio
 import json
 from typing import Any
 
+from unsflow.blocking import run_blocking
 from unsflow.config.models import SecretRef
 from unsflow.errors import MissingDependency, SecretError
 from unsflow.secrets.base import Credential, SecretProvider, credential_from_mapping
@@ -48,7 +48,8 @@ class AwsSecretsManagerProvider(SecretProvider):
     name = "aws-secrets-manager"
 
     async def resolve(self, ref: SecretRef) -> Credential:
-        return await asyncio.to_thread(self._fetch, ref)
+        # A daemon thread: a stop while the endpoint hangs must not wait for boto3's retries.
+        return await run_blocking(self._fetch, ref, name=f"secret:{ref.secret_name}")
 
     def _where(self, ref: SecretRef) -> tuple[str | None, str | None]:
         region = ref.secret_region or self.env.get("AWS_REGION") or self.env.get("AWS_DEFAULT_REGION")

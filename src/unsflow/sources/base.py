@@ -51,6 +51,10 @@ class Source(ABC):
     async def stop(self) -> None:
         """Close without unsubscribing."""
 
+    def describe_endpoint(self) -> str:
+        """Where the source connects, for logs (host:port, bootstrap servers); no secrets."""
+        return self.id
+
     @property
     def ready(self) -> bool:
         """Connected and subscribed."""

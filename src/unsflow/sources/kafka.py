@@ -247,6 +247,9 @@ class KafkaSource(Source):
             await asyncio.to_thread(thread.join, 30)
         self._consumer = None
 
+    def describe_endpoint(self) -> str:
+        return f"Kafka {self.config.bootstrap_servers}"
+
     @property
     def ready(self) -> bool:
         return self._consumer is not None and self._assigned.is_set()

@@ -175,6 +175,9 @@ class MqttSource(Source):
         if self._pong is not None and not self._pong.done():
             self._pong.set_result(None)
 
+    def describe_endpoint(self) -> str:
+        return f"{self.broker.host}:{self.broker.port}"
+
     @property
     def ready(self) -> bool:
         return self._connected.is_set() and self._subscribed.is_set()

@@ -26,7 +26,10 @@ class Target(ABC, Generic[C]):
       source. A target that batches internally (by records, bytes, age) keeps
       the caller waiting until the batch holding its messages is written.
     - Several ``write`` calls may be in flight at once (the engine overlaps
-      batches); a target serialises what must be serialised itself.
+      batches); a target serialises what must be serialised itself. The engine
+      calls ``write`` for the batches of a path in source order
+      (:mod:`unsflow.engine.order`): a target that keeps order (a buffer, a
+      Kafka partition) takes a batch's place before its first ``await``.
     - A message the target can never accept (it cannot be encoded, the topic
       is invalid) is returned as a :class:`Failure`; the engine dead-letters it.
     - A failure that a retry may fix raises

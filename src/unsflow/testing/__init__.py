@@ -4,10 +4,11 @@
   acknowledgement, :class:`Collector` subscribes before returning
   (``unsflow.testing.mqtt``).
 - In-memory components: :class:`MemorySource` feeds a :class:`Pipeline`
-  without a broker and records its acknowledgements (``unsflow.testing.memory``).
+  without a broker and records its acknowledgements; :class:`MemoryTarget`
+  keeps what it is given, in order (``unsflow.testing.memory``).
 """
 
-from unsflow.testing.memory import MemorySource
+from unsflow.testing.memory import MemorySource, MemoryTarget
 from unsflow.testing.mqtt import (
     Collector,
     end_session,
@@ -21,6 +22,7 @@ __all__ = [
     "Collector",
     "end_session",
     "MemorySource",
+    "MemoryTarget",
     "numbered_payload",
     "publish",
     "publish_numbered",

@@ -14,11 +14,13 @@ from __future__ import annotations
 import asyncio
 
 from unsflow.components import Context
+from unsflow.config.models import TargetConfig
 from unsflow.engine.acks import InOrderAcks
-from unsflow.message import Message
+from unsflow.message import Failure, Message
 from unsflow.sources.base import Source
+from unsflow.targets.base import Target
 
-__all__ = ["MemorySource"]
+__all__ = ["MemorySource", "MemoryTarget"]
 
 
 class MemorySource(Source):
@@ -73,3 +75,24 @@ class MemorySource(Source):
 
     async def stop(self) -> None:
         pass
+
+
+class MemoryTarget(Target[TargetConfig]):
+    """A target that keeps what it is given, in order: ``messages`` (every accepted
+    message) and ``batches`` (one list per ``write`` call).
+
+    Use it with :class:`~unsflow.engine.path.TargetPath` to test processors as the
+    engine runs them, or register it for a pipeline under a type name of your own.
+    """
+
+    def __init__(self, component_id: str = "memory", config: TargetConfig | None = None,
+                 context: Context | None = None) -> None:
+        super().__init__(component_id, config or TargetConfig(type="memory"),
+                         context or Context(env={}))
+        self.messages: list[Message] = []
+        self.batches: list[list[Message]] = []
+
+    async def write(self, batch: list[Message]) -> list[Failure]:
+        self.batches.append(list(batch))
+        self.messages.extend(batch)
+        return []

@@ -316,45 +316,15 @@ def publish(
 
 def end_session(host: str, port: int, client_id: str, *, timeout: float = 10.0,
                 username: str | None = None, password: str | None = None) -> bool:
-    """Delete the broker's session of ``client_id`` (and every message queued for it).
-
-    Connects as ``client_id`` resuming its session (clean start 0, so the
-    CONNACK says whether there was one) with a session expiry of 0, so the
-    broker deletes it at the disconnect that follows. Returns whether a
-    session was there. A persistent
-    session subscribed to ``#`` that nobody resumes makes the broker queue
-    every message published (up to ``max_queued_messages``): end it when done.
+    """Delete the broker's session of ``client_id`` (and every message queued for it);
+    returns whether there was one. A persistent session subscribed to ``#`` that nobody
+    resumes makes the broker queue every message published: end it when done.
+    (:func:`unsflow.engine.session.end_mqtt_session`, which ``unsflow session end`` uses.)
     """
-    mqtt = _paho()
-    from paho.mqtt.packettypes import PacketTypes
-    from paho.mqtt.properties import Properties
+    from unsflow.engine.session import end_mqtt_session
 
-    client = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id=client_id,
-                         protocol=mqtt.MQTTv5)
-    if username is not None:
-        client.username_pw_set(username, password)
-    props = Properties(PacketTypes.CONNECT)
-    props.SessionExpiryInterval = 0
-    result: dict[str, Any] = {}
-
-    def on_connect(c: Any, userdata: Any, flags: Any, reason: Any, properties: Any) -> None:
-        result["present"] = bool(flags.session_present)
-        result["reason"] = reason
-
-    client.on_connect = on_connect
-    try:
-        client.connect(host, port, keepalive=_KEEPALIVE, clean_start=False, properties=props)
-    except (OSError, ValueError) as exc:
-        raise ConnectionError(f"cannot connect to MQTT broker {host}:{port}: {exc}") from exc
-    deadline = time.monotonic() + timeout
-    while "reason" not in result and time.monotonic() < deadline:
-        client.loop(0.1)
-    client.disconnect()
-    if "reason" not in result:
-        raise TimeoutError(f"no CONNACK from MQTT broker {host}:{port} within {timeout} s")
-    if result["reason"].is_failure:
-        raise ConnectionRefusedError(f"MQTT broker {host}:{port} refused {client_id!r}: {result['reason']}")
-    return bool(result["present"])
+    return end_mqtt_session(host, port, client_id, username=username, password=password,
+                            timeout=timeout)
 
 
 def numbered_payload(seq: int, ts_ms: int | None = None) -> bytes:
