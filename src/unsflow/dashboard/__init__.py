@@ -18,6 +18,7 @@ dashboard is built.
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import logging
 import re
@@ -67,22 +68,33 @@ def build(config: DashboardConfig, scrubber: Scrubber) -> Any:
               scrubber)
     lakes = [Lake(root) for root in config.lakes]
 
+    tasks: list[asyncio.Task[None]] = []
+
     async def startup() -> None:
         if feed is None:
             log.info("[dashboard] no topics to subscribe to (no --config with subscriptions, "
                      "no --subscribe): the Line and UNS pages stay empty")
             return
-        credential = None
         if config.broker_credential is not None:
+            # Resolved here too, only so that no page or log line can show the password.
             credential = await Context().resolve_secret(config.broker_credential)
             scrubber.add(credential.password)
-        feed.start(credential)
+        task = asyncio.create_task(feed.run(), name="dashboard-mqtt")
+        task.add_done_callback(_feed_done)
+        tasks.append(task)
 
     async def shutdown() -> None:
-        if feed is not None:
-            feed.stop()
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
 
     return create_app(hub, lakes, config.token, startup, shutdown)
+
+
+def _feed_done(task: asyncio.Task[None]) -> None:
+    if not task.cancelled() and task.exception() is not None:
+        log.error("[dashboard] the MQTT subscription stopped: %r; the Line and UNS pages get "
+                  "no more updates", task.exception())
 
 
 def run_dashboard(config: DashboardConfig, scrubber: Scrubber,

@@ -65,14 +65,18 @@ def _broker(text: str) -> tuple[str, int]:
 @click.option("--token", default=None, envvar=TOKEN_ENV, show_envvar=True,
               help="Access token every request must carry (Bearer header, cookie, or once "
               "?token=).")
-@click.option("--update-interval", default=0.5, show_default=True,
+@click.option("--update-interval", default=1.0, show_default=True,
               type=click.FloatRange(0.1, 60), help="Seconds between two updates of a page.")
+@click.option("--nice", "niceness", default=10, show_default=True, type=click.IntRange(0, 19),
+              help="Lower this process's CPU priority by this much, so that on a shared "
+              "machine the pipeline wins every contest for CPU (0: leave it).")
 @click.option("--points", default=300, show_default=True, type=click.IntRange(10, 100000),
               help="Points kept per chart.")
 def dashboard_command(configs: tuple[str, ...], broker: str | None, subscribe: tuple[str, ...],
                       alerts: tuple[str, ...], metrics_url: tuple[str, ...],
                       lakes: tuple[str, ...], limits: tuple[str, ...], host: str, port: int,
-                      token: str | None, update_interval: float, points: int) -> None:
+                      token: str | None, update_interval: float, niceness: int,
+                      points: int) -> None:
     """Serve the live line dashboard until SIGINT or SIGTERM.
 
     It subscribes to the UNS itself (QoS 0, never the pipeline's session or
@@ -87,6 +91,8 @@ def dashboard_command(configs: tuple[str, ...], broker: str | None, subscribe: t
     from unsflow.dashboard.config import DashboardConfig, PipelineSource, from_pipelines
     from unsflow.dashboard.redact import Scrubber, ScrubFilter, redact
 
+    if niceness:
+        os.nice(niceness)
     scrubber = Scrubber()
     for handler in logging.getLogger().handlers:
         handler.addFilter(ScrubFilter(scrubber))

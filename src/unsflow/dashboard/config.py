@@ -73,7 +73,7 @@ class DashboardConfig:
     host: str = "127.0.0.1"
     port: int = 8050
     token: str | None = None
-    update_interval: float = 0.5  # seconds between two updates sent to a page
+    update_interval: float = 1.0  # seconds between two updates sent to a page
     points_per_second: float = 10.0  # most chart points kept per sensor and second
     history: int = 300  # points per chart
     scrape_interval: float = 1.0  # seconds between two reads of a pipeline's /metrics

@@ -36,6 +36,7 @@ import math
 import threading
 import time
 from collections import deque
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -226,8 +227,7 @@ class _Topic:
     alert: bool
     count: int = 0
     retained: bool = False
-    last: bytes = b""
-    size: int = 0
+    last: bytes = b""  # the whole last payload; cut to PAYLOAD_PREVIEW when shown
     last_at: float = 0.0
     stride: int = 1
     skip: int = 0
@@ -262,36 +262,46 @@ class UnsView:
         self._clock = clock
         self._last_tick = clock()
 
-    # --- the MQTT thread ---------------------------------------------------
+    # --- the feed ---------------------------------------------------------------
 
     def ingest(self, topic: str, payload: bytes, retain: bool) -> None:
-        """Note one message (called from the MQTT client's thread; cheap, never blocks long)."""
+        """Note one message (cheap; may be called from another thread)."""
         with self._lock:
-            self.messages += 1
-            entry = self.topics.get(topic)
-            if entry is None:
-                if len(self.topics) >= self.max_topics:
-                    self.untracked += 1
-                    return
-                alert = any(matches(f, topic) for f in self.alert_filters)
-                entry = self.topics[topic] = _Topic(topic, alert)
-            entry.count += 1
-            entry.retained = retain
-            entry.last = payload[:PAYLOAD_PREVIEW]
-            entry.size = len(payload)
-            entry.last_at = time.time()
-            entry.changed = True
-            if entry.alert:
-                if len(self._pending_alerts) == self._pending_alerts.maxlen:
-                    self.alerts_skipped += 1
-                self._pending_alerts.append((topic, payload))
-                self.alerts_total += 1
+            self._ingest(topic, payload, retain, time.time())
+
+    def ingest_batch(self, messages: Iterable[Any]) -> None:
+        """Note a batch of :class:`~unsflow.message.Message` (one lock, one clock read)."""
+        now = time.time()
+        with self._lock:
+            add = self._ingest
+            for m in messages:
+                add(m.topic, m.payload, m.retain, now)
+
+    def _ingest(self, topic: str, payload: bytes, retain: bool, now: float) -> None:
+        self.messages += 1
+        entry = self.topics.get(topic)
+        if entry is None:
+            if len(self.topics) >= self.max_topics:
+                self.untracked += 1
                 return
-            entry.skip += 1
-            if entry.skip >= entry.stride:
-                entry.skip = 0
-                if len(entry.pending) < MAX_PENDING:
-                    entry.pending.append(payload)
+            alert = any(matches(f, topic) for f in self.alert_filters)
+            entry = self.topics[topic] = _Topic(topic, alert)
+        entry.count += 1
+        entry.retained = retain
+        entry.last = payload
+        entry.last_at = now
+        entry.changed = True
+        if entry.alert:
+            if len(self._pending_alerts) == self._pending_alerts.maxlen:
+                self.alerts_skipped += 1
+            self._pending_alerts.append((topic, payload))
+            self.alerts_total += 1
+            return
+        entry.skip += 1
+        if entry.skip >= entry.stride:
+            entry.skip = 0
+            if len(entry.pending) < MAX_PENDING:
+                entry.pending.append(payload)
 
     # --- the event loop --------------------------------------------------------
 
@@ -377,8 +387,9 @@ class UnsView:
             for entry in entries:
                 if needle and needle not in entry.topic.lower():
                     continue
-                rows.append((entry.topic, entry.count, entry.rate, entry.retained, entry.last,
-                             entry.size, entry.last_at, entry.alert))
+                rows.append((entry.topic, entry.count, entry.rate, entry.retained,
+                             entry.last[:PAYLOAD_PREVIEW], len(entry.last), entry.last_at,
+                             entry.alert))
                 if len(rows) >= limit:
                     break
         return [{"topic": t, "count": c, "rate": round(r, 2), "retained": ret,

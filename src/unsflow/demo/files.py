@@ -177,8 +177,12 @@ def pipeline_configs(state: DemoState, directory: Path, kafka: bool) -> dict[str
     common = {"dead-letter": {"path": str(directory / "deadletter.jsonl")},
               "spool": {"path": str(directory / "spool")}, "shutdown-timeout": 10.0,
               "reload": {"interval": 1.0}}
+    # No persistent session: the demo stops its simulator before the pipeline (nothing is
+    # published for it while it is down), and a session left behind on a shared broker
+    # would queue for nobody.
     broker = {"host": state.broker_host, "port": state.broker_port,
-              "client-id": f"unsflow-demo-{state.demo_id}", "clean-start": False}
+              "client-id": f"unsflow-demo-{state.demo_id}", "clean-start": True,
+              "session-expiry": 0}
     if not kafka:
         return {"pipeline.json": {
             "mqtt-broker": broker,

@@ -86,7 +86,31 @@
       h("aside", { class: "alerts card" }, h("h2", {}, "Alerts ", alertCount), alertList,
         h("div", { class: "empty", id: "no-alerts", text: "No alert yet." }))));
     const charts = new Map();  // sid -> {meta, xs, ys, plot, el}
-    let maxPoints = 300;
+    const maxPoints = 300;
+    // Only charts on screen are drawn, once per animation frame at most; the others keep
+    // their data and are drawn when they scroll into view.
+    const visible = new Set();
+    const dirty = new Set();
+    let frame = 0;
+    const seen = new IntersectionObserver((entries) => {
+      for (const e of entries) {
+        const sid = e.target.dataset.sid;
+        if (e.isIntersecting) { visible.add(sid); dirty.add(sid); } else visible.delete(sid);
+      }
+      schedule();
+    }, { rootMargin: "200px" });
+    function schedule() {
+      if (!frame) frame = requestAnimationFrame(drawDirty);
+    }
+    function drawDirty() {
+      frame = 0;
+      for (const sid of dirty) {
+        if (!visible.has(sid)) continue;
+        const c = charts.get(sid);
+        if (c) redraw(c);
+        dirty.delete(sid);
+      }
+    }
 
     function groupEl(group) {
       const id = "g:" + group;
@@ -141,6 +165,7 @@
       insertSorted(machine, el, "data-sensor", meta.sensor);
       const c = { meta, xs: [], ys: [], el, value, plotEl, plot: null };
       charts.set(meta.sid, c);
+      seen.observe(el);
       return c;
     }
     function makePlot(c) {
@@ -213,8 +238,9 @@
           const c = addChart(s);
           c.xs = []; c.ys = [];
           addPoints(c, s.points);
-          redraw(c);
+          dirty.add(c.meta.sid);
         }
+        schedule();
         alertList.replaceChildren();
         addAlerts(d.alerts.slice().reverse(), false);
         alertCount.textContent = d.alerts_total ? "(" + d.alerts_total + ")" : "";
@@ -223,8 +249,9 @@
         for (const meta of d.new_series) addChart(meta);
         for (const [sid, points] of Object.entries(d.points)) {
           const c = charts.get(sid);
-          if (c) { addPoints(c, points); redraw(c); }
+          if (c) { addPoints(c, points); dirty.add(sid); }
         }
+        schedule();
         if (d.alerts.length) addAlerts(d.alerts.slice().reverse(), true);
         alertCount.textContent = d.alerts_total ? "(" + d.alerts_total + ")" : "";
       },
