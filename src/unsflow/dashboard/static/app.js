@@ -207,8 +207,8 @@
       if (!c.xs.length) return;
       if (!c.plot) makePlot(c); else c.plot.setData(data(c));
     }
-    function addAlerts(alerts, fresh) {
-      for (const a of alerts.slice().reverse()) {
+    function addAlerts(alerts, fresh) {  // alerts oldest first; the newest ends on top
+      for (const a of alerts) {
         const none = document.getElementById("no-alerts");
         if (none) none.remove();
         const what = a.kind === "threshold" ? a.text : "anomaly";
@@ -252,7 +252,7 @@
           if (c) { addPoints(c, points); dirty.add(sid); }
         }
         schedule();
-        if (d.alerts.length) addAlerts(d.alerts.slice().reverse(), true);
+        if (d.alerts.length) addAlerts(d.alerts, true);
         alertCount.textContent = d.alerts_total ? "(" + d.alerts_total + ")" : "";
       },
     });
