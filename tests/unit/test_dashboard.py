@@ -390,3 +390,33 @@ def test_demo_configs_are_valid(tmp_path, kafka):
     assert dash.alerts == ["t/x/acme/plant1/alerts/+/+", "t/x/acme/plant1/alerts/+/vibration",
                            "t/x/acme/plant1/alerts/+/temperature"]
     assert dash.limits == {"vibration": (35.0, None), "temperature": (54.5, None)}
+
+
+# --- the target's in-flight gauge the Pipeline page shows -------------------------------
+
+
+async def test_target_in_flight_counts_messages_until_the_write_returns(tmp_path):
+    import asyncio
+
+    from unsflow.engine.deadletter import DeadLetter
+    from unsflow.engine.metrics import pipeline_registry  # noqa: F401 (the gauge's home)
+    from unsflow.engine.path import TargetPath
+    from unsflow.message import Message
+    from unsflow.testing import MemoryTarget
+
+    class Slow(MemoryTarget):
+        gate = asyncio.Event()
+
+        async def write(self, batch):
+            await self.gate.wait()
+            return await super().write(batch)
+
+    target = Slow()
+    path = TargetPath(target, [], DeadLetter(str(tmp_path / "dead.jsonl")))
+    first = asyncio.create_task(path.handle([Message("a/b", b"1") for _ in range(3)]))
+    second = asyncio.create_task(path.handle([Message("a/b", b"2") for _ in range(2)]))
+    await asyncio.sleep(0.05)
+    assert path.stats.in_flight == 5
+    Slow.gate.set()
+    await asyncio.gather(first, second)
+    assert path.stats.in_flight == 0 and path.stats.accepted == 5

@@ -179,6 +179,7 @@ class PipelineWatch:
                     "dead_lettered": _by(samples, "unsflow_target_dead_lettered_total",
                                          "target").get(name, 0.0),
                     "retries": retries, "spool_batches": batches,
+                    "in_flight": _by(samples, "unsflow_target_in_flight", "target").get(name),
                     "spool_bytes": _by(samples, "unsflow_spool_bytes", "target").get(name),
                     "spool_full": bool(full),
                     "rate": rate("unsflow_target_received_total", "target", name),

@@ -376,7 +376,8 @@
       if (p.error) parts.push(h("p", {}, h("span", { class: "badge down", text: "metrics: " + p.error })));
       if (p.ready_reason) parts.push(h("div", { class: "muted", text: p.ready_reason }));
       const targets = table([["target"], ["type"], ["status"], ["msg/s in", "num"],
-        ["accepted/s", "num"], ["accepted", "num"], ["spooled", "num"], ["dead-lettered", "num"],
+        ["accepted/s", "num"], ["accepted", "num"], ["in flight", "num"], ["spooled", "num"],
+        ["dead-lettered", "num"],
         ["retries", "num"], ["last write"]], (p.targets || []).map((t) =>
         h("tr", { class: "target " + t.status, "data-target": t.name, "data-status": t.status },
           h("td", {}, h("b", { text: t.name }), t.processors.length
@@ -386,6 +387,7 @@
             t.why ? h("div", { text: t.why }) : null),
           h("td", { class: "num", text: num(t.rate) }), h("td", { class: "num", text: num(t.accepted_rate) }),
           h("td", { class: "num", text: num(t.accepted, 0) }),
+          h("td", { class: "num", text: num(t.in_flight, 0) }),
           h("td", { class: "num", text: t.spool_batches === null || t.spool_batches === undefined
             ? "–" : num(t.spool_batches, 0) + " (" + bytes(t.spool_bytes) + ")" }),
           h("td", { class: "num", text: num(t.dead_lettered, 0) }),
