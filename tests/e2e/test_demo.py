@@ -181,3 +181,21 @@ def test_demo_with_kafka(kafka, mqtt_broker, tmp_path, demos):
     assert all(r["_topic"].startswith(prefix + "/acme/plant1/") for r in rows)
     assert (directory / "core.json").is_file() and (directory / "factory.json").is_file()
     assert demo.interrupt() == 0, demo.output
+
+
+def test_demo_says_how_to_install_the_broker_when_it_cannot_start(tmp_path):
+    import socket
+
+    with socket.socket() as taken:  # the broker's port, held by someone else
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        env = {**os.environ, "UNSFLOW_SERVICES_DIR": str(tmp_path / "services"),
+               "UNSFLOW_MQTT_PORT": str(port), "UNSFLOW_MQTTS_PORT": str(_free_ports(1)[0])}
+        result = subprocess.run([UNSFLOW, "demo", "--dir", str(tmp_path / "demo")], cwd=tmp_path,
+                                env=env, capture_output=True, text=True, timeout=120,
+                                check=False)
+    assert result.returncode == 1, result.stdout + result.stderr
+    assert f"port {port} on 127.0.0.1 is in use" in result.stdout
+    assert "install it with: bash scripts/setup.sh" in result.stdout
+    assert "sudo apt-get install mosquitto mosquitto-clients" in result.stdout
