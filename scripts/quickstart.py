@@ -64,7 +64,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description="unsflow quick start")
     parser.add_argument("--messages", type=int, default=5000)
     args = parser.parse_args()
-    from unsflow.targets.object_store import open_lake
+    from unsflow.lake import open_lake
     from unsflow.testing import publish
 
     host = os.environ.get("EDGE_BROKER_HOST", "localhost")

@@ -9,12 +9,17 @@
     │   ├── NotConnected         transient: the system is unreachable; retry with backoff
     │   ├── TransientError       transient: a retry may succeed (timeout, 5xx, broker busy)
     │   └── PermanentError       retrying cannot fix it; the message goes to the dead letter
-    │       └── DecodeError      a payload that cannot be decoded into a record
+    │       ├── DecodeError      a payload that cannot be decoded into a record
+    │       └── AccessDenied     a refused login, authorisation or ACL: fix the credential
+    ├── ReloadFailed             a valid new config could not start; the previous one runs on
+    ├── LakeError                the data lake cannot be read (no such directory, bad URL)
     ├── ModelStoreError          the model store cannot be read or written (names store, model)
     │   ├── ModelNotFound        no such model, or no such (complete) version
     │   └── ModelCorrupt         an artifact that cannot be read or loaded
     ├── DashboardError           a dashboard request that cannot be answered; carries the HTTP status
-    └── MissingDependency        an optional extra is not installed; names the extra
+    ├── MissingDependency        an optional extra is not installed; names the extra
+    └── IncompatibleDependency   an installed library lacks a part unsflow relies on (a
+                                 renamed private hook); names it and the library version
 
 Third-party exceptions (gmqtt, httpx, pyarrow, obstore) are mapped to these at
 the component boundary: ``raise TransientError(...) from exc``.
@@ -34,11 +39,15 @@ __all__ = [
     "TransientError",
     "PermanentError",
     "DecodeError",
+    "AccessDenied",
+    "ReloadFailed",
+    "LakeError",
     "ModelStoreError",
     "ModelNotFound",
     "ModelCorrupt",
     "DashboardError",
     "MissingDependency",
+    "IncompatibleDependency",
 ]
 
 
@@ -97,6 +106,22 @@ class DecodeError(PermanentError):
     """A payload that cannot be decoded into a record."""
 
 
+class AccessDenied(PermanentError):
+    """The system refused the credential or the permission (a login, an ACL, a ban).
+
+    Retrying with the same settings cannot succeed; at start-up it stops the
+    pipeline with this message instead of reconnecting forever.
+    """
+
+
+class ReloadFailed(UnsflowError):
+    """A valid config could not be started; the previous one runs again."""
+
+
+class LakeError(UnsflowError):
+    """The data lake cannot be read: no such directory, an unsupported URL."""
+
+
 class ModelStoreError(UnsflowError):
     """The model store cannot be read or written; the message names the store and the model."""
 
@@ -127,4 +152,18 @@ class MissingDependency(UnsflowError):
         super().__init__(
             f"the Python module {module!r} is not installed; "
             f"install it with: pip install 'unsflow[{extra}]'"
+        )
+
+
+class IncompatibleDependency(UnsflowError):
+    """An installed library lacks a part unsflow relies on: a private hook renamed or
+    changed by a new release. Names the library, its version and what is missing."""
+
+    def __init__(self, package: str, version: str, missing: str) -> None:
+        self.package = package
+        self.version = version
+        self.missing = missing
+        super().__init__(
+            f"{package} {version} is not compatible with this unsflow: {missing}; "
+            f"install the version unsflow pins (pip install 'unsflow') or report it"
         )

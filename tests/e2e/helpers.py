@@ -96,7 +96,7 @@ class UnsflowProcess:
 
 def read_rows(root: Path, columns: list[str] | None = None) -> list[dict[str, Any]]:
     """Every row under ``root`` as one Hive-partitioned Parquet table."""
-    from unsflow.targets.object_store import open_lake
+    from unsflow.lake import open_lake
 
     if not any(root.rglob("*.parquet")):
         return []

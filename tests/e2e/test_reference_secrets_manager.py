@@ -23,7 +23,7 @@ import pytest
 from tests.conftest import AwsEndpoint, Broker
 from tests.e2e.helpers import UnsflowProcess
 from tests.e2e.test_reference_config import inference_server  # noqa: F401  (a fixture)
-from unsflow.targets.object_store import open_lake
+from unsflow.lake import open_lake
 from unsflow.testing import Collector, publish
 
 EXAMPLES = Path(__file__).parents[2] / "examples"

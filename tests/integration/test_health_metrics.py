@@ -129,7 +129,7 @@ async def test_not_ready_while_the_broker_cannot_be_reached(tmp_path, topic_pref
         assert got[("unsflow_ready", ())] == 0
         assert got[("unsflow_source_ready", (("source", "uns"),))] == 0
     finally:
-        # Still connecting: the stop event is not looked at yet, so cancel.
+        # Still connecting: cancelling run() closes what started (a stop would too).
         task.cancel()
         await asyncio.gather(task, return_exceptions=True)
     assert pipeline.http is None  # the server went with it

@@ -10,14 +10,14 @@ import pytest
 
 from unsflow.components import Context
 from unsflow.config.models import BrokerConfig, SecretRef
-from unsflow.errors import NotConnected
-from unsflow.sources.mqtt import MqttSource
+from unsflow.errors import AccessDenied
+from unsflow.sources.mqtt import MqttSource, MqttSourceConfig
 from unsflow.testing import publish, publish_numbered
 
 
 def source(broker, filters: dict[str, int], **kw) -> MqttSource:
     cfg = BrokerConfig.model_validate({"host": broker.host, "port": broker.port, **kw})
-    return MqttSource("uns", cfg, None, filters, Context(env={}))
+    return MqttSource("uns", MqttSourceConfig(broker=cfg, subscriptions=filters), Context(env={}))
 
 
 async def drain(src: MqttSource, count: int, timeout: float = 20.0, ack: bool = True) -> list:
@@ -162,7 +162,9 @@ async def test_tls_with_password_from_a_secret(mqtt_broker, topic_prefix, tmp_pa
                                        "tls": {"ca-file": mqtt_broker.ca_file}})
     ref = SecretRef.model_validate({"secret-name": "cred", "provider": "file",
                                     "path": str(tmp_path / "cred")})
-    src = MqttSource("uns", cfg, ref, {f"{topic_prefix}/#": 1}, Context(env={}))
+    src = MqttSource("uns", MqttSourceConfig(broker=cfg, credential=ref,
+                                             subscriptions={f"{topic_prefix}/#": 1}),
+                     Context(env={}))
     await src.start()
     await src.wait_ready(10)
     try:
@@ -178,9 +180,10 @@ async def test_wrong_password_is_a_clear_error(mqtt_broker, topic_prefix):
     cfg = BrokerConfig.model_validate({"host": mqtt_broker.host, "port": mqtt_broker.tls_port,
                                        "tls": {"ca-file": mqtt_broker.ca_file}})
     ref = SecretRef.model_validate({"secret-name": "bad", "provider": "env"})
-    src = MqttSource("uns", cfg, ref, {f"{topic_prefix}/#": 1},
+    src = MqttSource("uns", MqttSourceConfig(broker=cfg, credential=ref,
+                                             subscriptions={f"{topic_prefix}/#": 1}),
                      Context(env={"BAD_USERNAME": "unsflow", "BAD_PASSWORD": "wrong"}))
-    with pytest.raises(NotConnected, match="refused the login"):
+    with pytest.raises(AccessDenied, match="refused the login"):
         await asyncio.wait_for(src.start(), 20)
 
 

@@ -58,3 +58,16 @@ async def test_unfillable_or_invalid_topics_are_failures(mqtt_broker, topic_pref
     assert [f.message for f in failures] == [missing, wildcard]
     assert "needs 'line'" in failures[0].error
     assert "wildcards" in failures[1].error
+
+
+async def test_headers_and_undecoded_records_fill_the_topic_as_for_kafka(mqtt_broker, topic_prefix):
+    t = target(mqtt_broker,
+               topic=f"{topic_prefix}/{{headers[kafka.key]}}/{{record[machineId]}}/{{levels[1]}}")
+    await t.start()
+    msg = Message("plant/line1/press", b'{"machineId": "m7"}', headers={"kafka.key": "k1"})
+    with Collector(mqtt_broker.host, mqtt_broker.port, f"{topic_prefix}/#") as out:
+        try:
+            assert await t.write([msg]) == []
+        finally:
+            await t.stop()
+        assert out.wait(1, timeout=10) == [(f"{topic_prefix}/k1/m7/line1", b'{"machineId": "m7"}')]

@@ -23,8 +23,9 @@ import pytest
 from tests.conftest import AwsEndpoint
 from unsflow.components import Context
 from unsflow.errors import TransientError
+from unsflow.lake import open_lake
 from unsflow.message import Message
-from unsflow.targets.object_store import ObjectStoreTarget, open_lake
+from unsflow.targets.object_store import ObjectStoreTarget
 
 pytestmark = pytest.mark.integration
 

@@ -68,14 +68,14 @@ async def test_subscriptions_change_on_the_same_connection(mqtt_broker, topic_pr
     try:
         await until(lambda: pipeline.running and pipeline.source.ready)
         src = pipeline.source
-        connection = src._handler.current_connection
+        connection = src.connection_number
         await publish_seq(mqtt_broker, f"{a}/x", 100)
         await until(lambda: len(lines(tmp_path / "ta.jsonl")) >= 100)
 
         new = config(mqtt_broker, tmp_path, {f"{b}/#": (2, "tb")})
         plan = await pipeline.reload(new)
         assert plan.uns == "kept" and plan.subscriptions_added == [f"{b}/#"]
-        assert pipeline.source is src and src._handler.current_connection is connection
+        assert pipeline.source is src and src.connection_number == connection
         assert src.subscriptions == {f"{b}/#": 2}
         await publish_seq(mqtt_broker, f"{a}/x", 100, start=100)  # unsubscribed: not delivered
         await publish_seq(mqtt_broker, f"{b}/x", 100)
@@ -305,7 +305,7 @@ async def test_a_new_broker_that_cannot_be_reached_rolls_back_to_the_old_one(
         (nobody,) = _free_ports(1)
         moved = old.model_copy(update={"mqtt_broker": old.mqtt_broker.model_copy(
             update={"port": nobody})})
-        from unsflow.engine.swap import ReloadFailed
+        from unsflow.errors import ReloadFailed
 
         with pytest.raises(ReloadFailed, match="did not start within 2s"):
             await pipeline.reload(moved)
@@ -316,4 +316,4 @@ async def test_a_new_broker_that_cannot_be_reached_rolls_back_to_the_old_one(
     finally:
         stop.set()
         await asyncio.wait_for(task, 30)
-    assert pipeline.source.broker.port == mqtt_broker.port
+    assert pipeline.source.config.broker.port == mqtt_broker.port

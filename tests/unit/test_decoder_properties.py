@@ -22,8 +22,9 @@ from hypothesis import strategies as st
 from unsflow.codecs import coerce_scalar, decode_csv, decode_json, ensure_records
 from unsflow.components import Context
 from unsflow.errors import DecodeError
+from unsflow.lake import open_lake
 from unsflow.message import Message
-from unsflow.targets.object_store import ObjectStoreTarget, open_lake
+from unsflow.targets.object_store import ObjectStoreTarget
 
 COLUMNS = ["machineId", "deviceId", "value", "epochMillis"]
 

@@ -6,8 +6,9 @@ import importlib
 import pytest
 
 MODULES = ["unsflow.codecs", "unsflow.engine.acks", "unsflow.testing.memory", "unsflow.testing.mqtt", "unsflow.engine.topics", "unsflow.engine.backoff", "unsflow.processors.remote",
-           "unsflow.targets.mqtt", "unsflow.targets.kafka", "unsflow.sources.kafka",
-           "unsflow.engine.metrics", "unsflow.ml.store"]
+           "unsflow.sources.kafka",
+           "unsflow.engine.metrics", "unsflow.ml.store", "unsflow.lake.rows", "unsflow.lake.layout",
+           "unsflow.sources._mqtt_client"]
 
 
 @pytest.mark.parametrize("name", MODULES)

@@ -5,10 +5,11 @@ import sys
 import pytest
 
 from unsflow.config.loading import parse_config
+from unsflow.engine.topics import compile_template
 from unsflow.errors import ConfigError, MissingDependency
 from unsflow.message import Message
 from unsflow.sources.kafka import KafkaSourceConfig, OffsetTracker
-from unsflow.targets.kafka import KafkaTargetConfig, compile_template, mqtt_headers
+from unsflow.targets.kafka import KafkaTargetConfig, mqtt_headers
 
 CRED = {"secret-name": "kafka-credential", "provider": "env"}
 

@@ -9,8 +9,9 @@ import pytest
 
 from unsflow.components import Context
 from unsflow.errors import ConfigError
+from unsflow.lake import content_digest
 from unsflow.message import Message
-from unsflow.targets.object_store import ObjectStoreTarget, content_digest
+from unsflow.targets.object_store import ObjectStoreTarget
 
 T0 = 1767268800.5  # 2026-01-01T12:00:00.500Z
 

@@ -23,7 +23,8 @@ from unsflow.components import Context
 from unsflow.config.loading import parse_config
 from unsflow.errors import ConfigError, NotConnected, TransientError
 from unsflow.message import Message
-from unsflow.targets.object_store import ObjectStoreTarget, open_lake
+from unsflow.lake import open_lake
+from unsflow.targets.object_store import ObjectStoreTarget
 
 T0 = 1767268800.5  # 2026-01-01T12:00:00.500Z
 T0_MS = 1767268800500
@@ -358,7 +359,7 @@ def test_every_key_is_described_in_the_json_schema() -> None:
 
 
 def test_importing_the_module_loads_neither_pyarrow_nor_obstore() -> None:
-    code = ("import sys, unsflow.targets.object_store; "
+    code = ("import sys, unsflow.lake, unsflow.targets.object_store; "
             "print(sorted(m for m in ('pyarrow', 'obstore') if m in sys.modules))")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "[]"
@@ -378,15 +379,13 @@ async def test_credential_maps_to_the_store_kind(url: str, expected: dict[str, s
     t = ObjectStoreTarget("lake", cfg, Context(env={
         "STORE": json.dumps({"username": "acct", "password": key})}))
     credential = await t.context.resolve_secret(cfg.credential)
-    store = t._build_store(credential)
-    assert {k: store.config.get(k) for k in expected} == expected
+    writer = t._open_writer(credential)
+    assert {k: writer.store.config.get(k) for k in expected} == expected
 
 
 def test_open_lake_reads_a_column_that_is_number_in_one_object_and_text_in_another(tmp_path):
     import pyarrow as pa
     import pyarrow.parquet as pq
-
-    from unsflow.targets.object_store import open_lake
 
     part = tmp_path / "date=2026-11-23" / "hour=10"
     part.mkdir(parents=True)

@@ -241,11 +241,11 @@ async def test_a_target_that_cannot_start_rolls_back_to_the_old_config(tmp_path,
 
 
 def test_plan_keeps_the_uns_connection_unless_broker_settings_change(tmp_path):
-    from unsflow.sources.mqtt import MqttSource
+    from unsflow.engine.pipeline import build_uns_source
 
     base = config_data(tmp_path, {"plant/a/#": "a", "plant/b/#": "a"})
     old = parse_config(base, env={})
-    uns = MqttSource("uns", old.mqtt_broker, None, {}, Context(env={}))
+    uns = build_uns_source(old, Context(env={}))
     subs = {"plant/a/#": {"qos": 2, "target": "a"}, "plant/c/#": {"qos": 1, "target": "a"}}
     new = parse_config({**base, "subscriptions": subs}, env={})
     plan = plan_reload(old, new, uns)

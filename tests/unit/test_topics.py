@@ -82,3 +82,18 @@ def test_a_topic_matches_itself_hash_and_plus_pattern(levels):
 def test_filter_problem_never_raises(text):
     result = filter_problem(text)
     assert result is None or isinstance(result, str)
+
+
+def test_every_target_that_names_a_topic_checks_its_template_at_load():
+    from pydantic import ValidationError
+
+    from unsflow.targets.kafka import KafkaTargetConfig
+    from unsflow.targets.mqtt import MqttTargetConfig
+
+    for cls, base in ((MqttTargetConfig, {"type": "mqtt"}),
+                      (KafkaTargetConfig, {"type": "kafka", "bootstrap-servers": "k:9092"})):
+        with pytest.raises(ValidationError, match=r"unknown field\(s\) \['machine'\]"):
+            cls.model_validate({**base, "topic": "alerts/{machine}"})
+        with pytest.raises(ValidationError, match="template 'alerts/{record'"):
+            cls.model_validate({**base, "topic": "alerts/{record"})
+

@@ -280,9 +280,10 @@ def pipeline_model() -> type[PipelineConfig]:
 
     targets = [cls.config_class for cls in registry.load_all("targets").values()]
     processors = [cls.config_class for cls in registry.load_all("processors").values()]
-    # The UNS MQTT source is configured by the top-level keys, not in `sources`.
+    # The UNS MQTT source is configured by the top-level keys, not in `sources`: only
+    # sources whose config names targets (SourceConfig) are entries there.
     sources = [cls.config_class for cls in registry.load_all("sources").values()
-               if getattr(cls, "config_class", None) is not None]
+               if issubclass(getattr(cls, "config_class", object), SourceConfig)]
     model = create_model(
         "Pipeline",
         __base__=PipelineConfig,

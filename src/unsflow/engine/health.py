@@ -42,7 +42,7 @@ _REASONS = {200: "OK", 400: "Bad Request", 404: "Not Found", 405: "Method Not Al
 def readiness(pipeline: "Pipeline") -> tuple[bool, dict[str, Any]]:
     """``(ready, report)``: ready when the pipeline runs, every source is ready and no
     spool is full."""
-    sources = {src.id: bool(src.ready) for src, _ in pipeline.sources}
+    sources = {src.id: bool(src.ready) for src in pipeline.sources}
     waiting = [name for name, ok in sources.items() if not ok]
     full = {name: path.spool.full for name, path in pipeline.paths.items()
             if path.spool is not None and path.spool.full}

@@ -204,7 +204,7 @@ class PipelineCollector:
                 families[name].add_metric(labels, float(value))
 
         all_ready = True
-        for source, _ in p.sources:
+        for source in p.sources:
             ready = bool(source.ready) and p.running
             all_ready = all_ready and ready
             add("unsflow_source_received_total", [source.id], getattr(source, "received", None))

@@ -25,7 +25,9 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from typing import TYPE_CHECKING, Any
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, Literal
 
 from unsflow import registry
 from unsflow.components import Context
@@ -42,18 +44,39 @@ from unsflow.sources.base import Source
 if TYPE_CHECKING:
     from unsflow.engine.swap import ReloadPlan
 
-__all__ = ["Pipeline", "build_source", "build_spool"]
+__all__ = ["UNS_SOURCE_ID", "UNS_SOURCE_TYPE", "Input", "Pipeline", "build_spool",
+           "build_uns_source", "uns_source_config"]
 
 log = logging.getLogger("unsflow.engine")
 
+# The registered source type that serves the top-level UNS keys, and its component id.
+UNS_SOURCE_TYPE = "mqtt"
+UNS_SOURCE_ID = "uns"
 
-def build_source(config: PipelineConfig, context: Context) -> Source:
-    """The UNS MQTT source of the top-level keys."""
-    from unsflow.sources.mqtt import MqttSource
 
-    subs = {flt: sub.qos for flt, sub in config.subscriptions.items()}
-    return MqttSource("uns", config.mqtt_broker, config.mqtt_broker_credential, subs, context,
-                      batch_size=config.batch_size)
+def uns_source_config(config: PipelineConfig) -> Any:
+    """The UNS source's own config, assembled from the top-level keys of ``config``."""
+    cls = registry.load("sources", UNS_SOURCE_TYPE)
+    return cls.config_class.from_pipeline(config)
+
+
+def build_uns_source(config: PipelineConfig, context: Context) -> Source:
+    """The UNS source of the top-level keys (``mqtt-broker``, ``subscriptions``, ...),
+    built through the registry like every component."""
+    cls = registry.load("sources", UNS_SOURCE_TYPE)
+    return cls(UNS_SOURCE_ID, cls.config_class.from_pipeline(config),  # type: ignore[no-any-return]
+               context)
+
+
+@dataclass(frozen=True, eq=False)
+class Input:
+    """A running source and how its batches are routed: ``"subscriptions"`` (the UNS
+    source: by the topic filters of ``subscriptions``) or ``"fixed"`` (a source of the
+    ``sources`` section: every batch to its ``targets``)."""
+
+    source: Source
+    routing: Literal["subscriptions", "fixed"]
+    targets: tuple[str, ...] = ()
 
 
 def build_spool(config: PipelineConfig, target: str) -> Spool | None:
@@ -71,12 +94,11 @@ class Pipeline:
                  source: Source | None = None) -> None:
         self.config = config
         self.context = context or Context()
-        # (source, fixed targets or None for topic-filter routing)
-        self.sources: list[tuple[Source, tuple[str, ...] | None]] = []
+        self.inputs: list[Input] = []
         if source is not None or config.subscriptions:
-            self.sources.append((source or build_source(config, self.context), None))
+            self.add_uns_source(source or build_uns_source(config, self.context))
         for name, scfg in config.sources.items():
-            self.sources.append((self.build_named_source(name, scfg), tuple(scfg.target_names)))
+            self.add_source(self.build_named_source(name, scfg), scfg.target_names)
         self.dead_letter = DeadLetter(config.dead_letter.path)
         self.processors: dict[str, Processor] = {}
         for name, pcfg in config.processors.items():
@@ -126,6 +148,34 @@ class Pipeline:
         cls = registry.load("sources", scfg.type)
         return cls(name, scfg, self.context)  # type: ignore[no-any-return]
 
+    def build_uns_source(self, config: PipelineConfig) -> Source:
+        """The UNS source of ``config``'s top-level keys."""
+        return build_uns_source(config, self.context)
+
+    # -- the sources (a reload changes them while readers are stopped) -----------------
+
+    @property
+    def sources(self) -> list[Source]:
+        """Every source, the UNS one first."""
+        return [i.source for i in self.inputs]
+
+    @property
+    def uns_source(self) -> Source | None:
+        """The source routed by ``subscriptions`` (the UNS broker's), if any."""
+        return next((i.source for i in self.inputs if i.routing == "subscriptions"), None)
+
+    def add_uns_source(self, source: Source) -> None:
+        """Make ``source`` the UNS source (routed by the subscriptions' topic filters)."""
+        self.inputs.insert(0, Input(source, "subscriptions"))
+
+    def add_source(self, source: Source, targets: Sequence[str]) -> None:
+        """Add ``source``; every batch of it goes to ``targets``."""
+        self.inputs.append(Input(source, "fixed", tuple(targets)))
+
+    def remove_source(self, source: Source) -> None:
+        """Forget ``source`` (stopped by the caller)."""
+        self.inputs = [i for i in self.inputs if i.source is not source]
+
     async def start(self) -> None:
         """Start processors and targets, then connect the sources.
 
@@ -140,7 +190,7 @@ class Pipeline:
             await path.target.start()
             self._started.append(path)
             await path.start_spool()
-        for source, _ in self.sources:
+        for source in self.sources:
             self._started.append(source)  # before: a connect loop owns a client to close
             log.info("[%s] connecting to %s", source.id, source.describe_endpoint())
             await source.start()
@@ -150,7 +200,7 @@ class Pipeline:
     @property
     def source(self) -> Source:
         """The first source (the UNS broker's when there are subscriptions)."""
-        return self.sources[0][0]
+        return self.inputs[0].source
 
     async def run(self, stop: asyncio.Event) -> None:
         """Run until ``stop`` is set, then drain and close (see module docstring).
@@ -165,9 +215,12 @@ class Pipeline:
         starting = asyncio.create_task(self.start(), name="pipeline-start")
         try:
             await asyncio.wait({stopper, starting}, return_when=asyncio.FIRST_COMPLETED)
-        except BaseException:
+        except BaseException:  # run() itself cancelled while starting: close, then go
             starting.cancel()
             stopper.cancel()
+            await asyncio.gather(starting, stopper, return_exceptions=True)
+            await self._close_started()
+            await self._stop_http()
             raise
         if not starting.done():
             log.info("stopping while starting: closing what has started")
@@ -218,8 +271,9 @@ class Pipeline:
 
     def start_readers(self) -> None:
         """One reader task per source (after start, and after a reload)."""
-        for src, fixed in self.sources:
-            task = asyncio.create_task(self._read_loop(src, fixed), name=f"reader-{src.id}")
+        for entry in self.inputs:
+            src = entry.source
+            task = asyncio.create_task(self._read_loop(entry), name=f"reader-{src.id}")
             task.add_done_callback(self._reader_done)
             self._readers[src] = task
 
@@ -251,7 +305,7 @@ class Pipeline:
         """Swap to ``config`` without a restart (see :func:`unsflow.engine.swap.apply`).
 
         Returns the :class:`~unsflow.engine.swap.ReloadPlan` applied; raises
-        :class:`~unsflow.engine.swap.ReloadFailed` when the new components
+        :class:`~unsflow.errors.ReloadFailed` when the new components
         could not start (the old config is running again). Call it from a task
         of its own (the config watcher's): a stop cancels that task.
         """
@@ -266,7 +320,8 @@ class Pipeline:
             finally:
                 self._reload_task = None
 
-    async def _read_loop(self, source: Source, fixed: tuple[str, ...] | None) -> None:
+    async def _read_loop(self, entry: Input) -> None:
+        source, by_topic, fixed = entry.source, entry.routing == "subscriptions", entry.targets
         # A budget of messages, not batches: batches are as small as a socket read.
         budget = _Budget(self.max_in_flight)
         while True:
@@ -274,7 +329,7 @@ class Pipeline:
             messages, token = await source.read()
             budget.take(len(messages))
             self._batch_no += 1
-            if fixed is None:
+            if by_topic:
                 groups = self.route(messages)
                 self._note_subscriptions(messages)
             else:
@@ -360,7 +415,7 @@ class Pipeline:
         # Spool drainers first: a target's stop() ends with the write it flushes.
         await asyncio.gather(*(p.stop_spool(deadline * 0.1) for p in self.paths.values()))
         # stop() flushes what targets still buffer, completing writers that wait on it.
-        stops = asyncio.gather(*(self._stop_target(p) for p in self.paths.values()))
+        stops = asyncio.gather(*(self.stop_target(p) for p in self.paths.values()))
         if pending:
             _, pending = await asyncio.wait(pending, timeout=deadline * 0.2)
             for task in pending:
@@ -375,21 +430,59 @@ class Pipeline:
                 await proc.stop()
             except Exception:  # closing: report and go on closing the others
                 log.exception("[%s] error while stopping", proc.id)
-        for source, _ in self.sources:
+        for source in self.sources:
             await source.stop()
         await self._stop_http()
         log.info("stopped: %s", self.summary())
 
-    async def _stop_target(self, path: TargetPath) -> None:
+    async def stop_target(self, path: TargetPath) -> None:
+        """Stop ``path``'s target (it flushes); an error is logged, not raised (closing)."""
         try:
             await path.target.stop()
         except Exception:  # closing: report and go on closing the others
             log.exception("[%s] error while stopping", path.id)
 
+    # -- what a reload (engine/swap.py) does to a running pipeline --------------------
+
+    async def drain(self, timeout: float) -> bool:
+        """Wait up to ``timeout`` s for the batches in flight; cancel those still running
+        (unacknowledged: their source gives them again) and return False, else True."""
+        pending = set(self._tasks)
+        if not pending:
+            return True
+        log.info("reloading: waiting up to %.0fs for %d in-flight batch(es)", timeout,
+                 len(pending))
+        _, pending = await asyncio.wait(pending, timeout=timeout)
+        if not pending:
+            return True
+        log.warning("reloading: %d batch(es) not finished in %.0fs; cancelling them and "
+                    "restarting the sources, which deliver them again", len(pending), timeout)
+        for task in pending:
+            task.cancel()
+        await asyncio.gather(*pending, return_exceptions=True)
+        return False
+
+    async def start_path(self, path: TargetPath) -> None:
+        """Start a target path: its target, then its spool (opened, indexing what an earlier
+        path of the same name left, and drained)."""
+        await path.target.start()
+        await path.start_spool()
+
+    async def stop_path(self, path: TargetPath, timeout: float) -> None:
+        """Stop a target path as at shutdown: its spool drainer (a write in progress gets
+        a tenth of ``timeout``), then its target."""
+        await path.stop_spool(timeout * 0.1)
+        await self.stop_target(path)
+
+    async def restart_http(self) -> None:
+        """Serve /healthz, /readyz and /metrics with the current ``config.http``."""
+        await self._stop_http()
+        await self._start_http()
+
     def summary(self) -> dict[str, Any]:
         return {
             "sources": {s.id: {"received": getattr(s, "received", None),
-                               "acked": getattr(s, "acked", None)} for s, _ in self.sources},
+                               "acked": getattr(s, "acked", None)} for s in self.sources},
             "unrouted": self.unrouted,
             "dead_lettered": self.dead_letter.count,
             "targets": {n: {k: v for k, v in vars(p.stats).items() if k != "stages"}

@@ -32,8 +32,7 @@ from typing import TYPE_CHECKING
 
 from unsflow.config.loading import load_config_text
 from unsflow.config.models import PipelineConfig
-from unsflow.engine.swap import ReloadFailed
-from unsflow.errors import ConfigError, ConfigIssue
+from unsflow.errors import ConfigError, ConfigIssue, ReloadFailed
 
 if TYPE_CHECKING:
     from unsflow.engine.pipeline import Pipeline

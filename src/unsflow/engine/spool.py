@@ -57,6 +57,7 @@ from urllib.parse import quote
 import orjson
 
 from unsflow.errors import UnsflowError
+from unsflow.lake.durable import fsync_dir, write_file
 from unsflow.message import NOT_DECODED, Failure, Message
 
 __all__ = ["Spool", "SpoolEntry", "SpoolFull", "SpoolInUse", "decode_message", "encode_message"]
@@ -149,14 +150,6 @@ def decode_message(line: bytes) -> Message:
                    properties=entry.get("pr"), record=entry.get("r", NOT_DECODED),
                    source_id=entry.get("s", ""), attempts=int(entry.get("a", 0)),
                    headers=entry.get("h"))
-
-
-def _fsync_dir(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
 
 
 class Spool:
@@ -361,22 +354,7 @@ class Spool:
 
     def _write_file(self, name: str, data: bytes) -> None:
         self._lock()
-        final = self.directory / name
-        tmp = self.directory / f".{name}.tmp"
-        try:
-            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o640)
-            try:
-                view = memoryview(data)
-                while view:
-                    view = view[os.write(fd, view):]
-                os.fsync(fd)
-            finally:
-                os.close(fd)
-            os.rename(tmp, final)
-            _fsync_dir(self.directory)
-        except BaseException:
-            tmp.unlink(missing_ok=True)
-            raise
+        write_file(self.directory / name, data)
 
     # --- draining ------------------------------------------------------------
 
@@ -465,7 +443,7 @@ class Spool:
         for entry in entries:
             entry.path.unlink(missing_ok=True)
         if entries and self.directory.is_dir():
-            _fsync_dir(self.directory)
+            fsync_dir(self.directory)
 
     async def wait_changed(self, timeout: float | None = None) -> None:
         """Until something is appended or removed (or ``timeout`` seconds pass)."""

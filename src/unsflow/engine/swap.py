@@ -14,15 +14,17 @@ connection). :func:`apply` carries a plan out on a running
 3. Stop the sources, targets and processors that changed or went away
    (targets flush), start the new ones, and re-link kept targets to their
    processors.
-4. The UNS source, when its broker settings and credential are unchanged,
-   keeps its connection and session: added filters are subscribed (and QoS
-   changes re-subscribed) and the SUBACK awaited, removed ones unsubscribed.
+4. The UNS source, when it can take its new config live (:meth:`Source.keeps
+   <unsflow.sources.base.Source.keeps>`: for MQTT, the broker settings and
+   credential are unchanged), keeps its connection and session and is
+   reconfigured: added filters are subscribed (and QoS changes re-subscribed)
+   and the SUBACK awaited, removed ones unsubscribed.
 5. Route with the new subscriptions, read again.
 
 A failure in step 3 or 4 (a target that cannot start, a refused
 subscription) rolls back: what was started is stopped, what was stopped is
 built again from the old config and started, and the old config runs on;
-:class:`ReloadFailed` says why. Only when the old components cannot start
+:class:`~unsflow.errors.ReloadFailed` says why. Only when the old components cannot start
 again either does the pipeline stop (``run`` raises, exit code 1), as it
 would have at startup.
 """
@@ -37,25 +39,22 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from unsflow.config.models import PipelineConfig
+from unsflow.engine.pipeline import uns_source_config
 from unsflow.engine.topics import TopicMatcher
-from unsflow.errors import UnsflowError
+from unsflow.errors import ReloadFailed
 from unsflow.sources.base import Source
 
 if TYPE_CHECKING:
     from unsflow.engine.path import TargetPath
     from unsflow.engine.pipeline import Pipeline
 
-__all__ = ["ReloadFailed", "ReloadPlan", "apply", "plan_reload"]
+__all__ = ["ReloadPlan", "apply", "plan_reload"]
 
 log = logging.getLogger("unsflow.engine.reload")
 
 # Top-level keys that change no component; they take effect at the swap.
 _SETTINGS = ("batch_size", "max_in_flight", "shutdown_timeout", "http", "dead_letter", "reload",
              "spool")
-
-
-class ReloadFailed(UnsflowError):
-    """A valid config could not be started; the previous one runs again."""
 
 
 @dataclass
@@ -121,20 +120,16 @@ def _diff(old: dict[str, Any], new: dict[str, Any]) -> dict[str, list[str]]:
 def plan_reload(old: PipelineConfig, new: PipelineConfig, uns: Source | None = None) -> ReloadPlan:
     """What changes from ``old`` to ``new``; ``uns`` is the running UNS source, if any.
 
-    A UNS source that is not an MQTT source of its own (a test's in-memory
-    source) is always kept.
+    The UNS source is kept when it can take its new config live
+    (:meth:`~unsflow.sources.base.Source.keeps`); a source the config does not
+    describe (a test's in-memory source) keeps itself.
     """
-    from unsflow.sources.mqtt import MqttSource
-
     plan = ReloadPlan()
-    if uns is not None and not isinstance(uns, MqttSource):
-        plan.uns = "kept"
-    elif uns is None:
+    if uns is None:
         plan.uns = "added" if new.subscriptions else "none"
     elif not new.subscriptions:
         plan.uns = "removed"
-    elif (old.mqtt_broker, old.mqtt_broker_credential) == (new.mqtt_broker,
-                                                           new.mqtt_broker_credential):
+    elif uns.keeps(uns_source_config(new)):
         plan.uns = "kept"
     else:
         plan.uns = "replaced"
@@ -158,14 +153,10 @@ def plan_reload(old: PipelineConfig, new: PipelineConfig, uns: Source | None = N
     return plan
 
 
-def _uns(p: Pipeline) -> Source | None:
-    return next((src for src, fixed in p.sources if fixed is None), None)
-
-
 async def apply(p: Pipeline, new: PipelineConfig, config_hash: str | None = None) -> ReloadPlan:
     """Swap ``p`` to ``new`` (see the module docstring). The caller holds the reload lock."""
     old = p.config
-    plan = plan_reload(old, new, _uns(p))
+    plan = plan_reload(old, new, p.uns_source)
     if not plan.changed:
         p.config = new
         if config_hash:
@@ -175,7 +166,7 @@ async def apply(p: Pipeline, new: PipelineConfig, config_hash: str | None = None
     began = time.monotonic()
     await p.stop_readers()
     try:
-        plan.sources_restarted = not await _drain(p, old.shutdown_timeout)
+        plan.sources_restarted = not await p.drain(old.shutdown_timeout)
         try:
             await _Swap(p, old, new, plan).run()
         except Exception as exc:
@@ -206,23 +197,6 @@ def _cancelled() -> bool:
     return task is not None and task.cancelling() > 0
 
 
-async def _drain(p: Pipeline, timeout: float) -> bool:
-    """Wait for the in-flight batches; cancel those not done in ``timeout`` s (False)."""
-    pending = set(p._tasks)
-    if not pending:
-        return True
-    log.info("reloading: waiting up to %.0fs for %d in-flight batch(es)", timeout, len(pending))
-    _, pending = await asyncio.wait(pending, timeout=timeout)
-    if not pending:
-        return True
-    log.warning("reloading: %d batch(es) not finished in %.0fs; cancelling them and "
-                "restarting the sources, which deliver them again", len(pending), timeout)
-    for task in pending:
-        task.cancel()
-    await asyncio.gather(*pending, return_exceptions=True)
-    return False
-
-
 class _Swap:
     """One swap with its journal, so that a failure can put the old components back."""
 
@@ -230,11 +204,11 @@ class _Swap:
                  plan: ReloadPlan) -> None:
         self.p, self.old, self.new, self.plan = p, old, new, plan
         self.timeout = old.shutdown_timeout
-        # Old components stopped so far: (kind, name); the UNS source is ("source", None).
-        self.stopped: list[tuple[str, str | None]] = []
+        # Old components stopped so far: (kind, name); the UNS source is ("uns", "").
+        self.stopped: list[tuple[str, str]] = []
         # New components started so far, same keys.
-        self.started: list[tuple[str, str | None]] = []
-        self.subscriptions_updated = False
+        self.started: list[tuple[str, str]] = []
+        self.uns_reconfigured = False
 
     async def run(self) -> None:
         await self._stop_old()
@@ -249,27 +223,25 @@ class _Swap:
         p.matcher = TopicMatcher({f: s.target_names for f, s in new.subscriptions.items()})
         p.max_in_flight = new.max_in_flight
         if self.old.http != new.http:
-            await p._stop_http()
-            await p._start_http()
+            await p.restart_http()
 
     # -- stop ------------------------------------------------------------------
 
     async def _stop_old(self) -> None:
         p, plan = self.p, self.plan
         restart_all = plan.sources_restarted
-        for src, fixed in list(p.sources):
-            if fixed is None:
-                from unsflow.sources.mqtt import MqttSource
-
-                go = plan.uns in ("replaced", "removed") or (
-                    restart_all and isinstance(src, MqttSource))
-                key = None
+        uns = p.uns_source
+        for src in p.sources:
+            if src is uns:
+                go = plan.uns in ("replaced", "removed") or (restart_all and src.redelivers)
+                key = ("uns", "")
             else:
-                go = restart_all or src.id in plan.names("sources", "removed", "replaced")
-                key = src.id
+                go = (restart_all and src.redelivers) or src.id in plan.names(
+                    "sources", "removed", "replaced")
+                key = ("source", src.id)
             if go:
-                p.sources.remove((src, fixed))
-                self.stopped.append(("source", key))
+                p.remove_source(src)
+                self.stopped.append(key)
                 await _stop(src)
         for name in plan.names("targets", "removed", "replaced"):
             path = p.paths.pop(name)
@@ -301,44 +273,40 @@ class _Swap:
             p.paths[name] = path
             self.started.append(("target", name))
         _relink(p, new)
-        uns = _uns(p)
-        if uns is not None and hasattr(uns, "update_subscriptions"):
-            self.subscriptions_updated = True
-            await uns.update_subscriptions({f: s.qos for f, s in new.subscriptions.items()},
-                                           timeout=self.timeout)
-            uns.batch_size = new.batch_size  # type: ignore[attr-defined]
+        uns = p.uns_source
+        if uns is not None:
+            self.uns_reconfigured = True
+            await uns.reconfigure(uns_source_config(new), timeout=self.timeout)
         # A source with new settings gets shutdown-timeout to connect (then the old one comes
         # back); one restarted unchanged (the drain timed out) takes as long as at startup.
         stopped = set(self.stopped)
         if uns is None and new.subscriptions:
-            await self._start_source(None, new,
-                                     -1 if plan.uns in ("added", "replaced") else None)
+            await self._start_uns(new, -1 if plan.uns in ("added", "replaced") else None)
         changed = plan.names("sources", "added", "replaced")
         for name in new.sources:
             if ("source", name) in stopped or name in changed:
                 await self._start_source(name, new, -1 if name in changed else None)
 
-    async def _start_source(self, name: str | None, config: PipelineConfig,
-                            timeout: float | None = -1) -> None:
-        """Build and start a source of ``config`` (the UNS one for ``name`` None) within
-        ``timeout`` (-1: shutdown-timeout; None: as long as it takes, as at startup)."""
-        from unsflow.engine.pipeline import build_source
-        from unsflow.sources.mqtt import MqttSource
-
+    async def _start_uns(self, config: PipelineConfig, timeout: float | None = -1) -> None:
+        """Build and start the UNS source of ``config`` within ``timeout`` (-1:
+        shutdown-timeout; None: as long as it takes, as at startup)."""
         p = self.p
-        if name is None:
-            src = build_source(config, p.context)
-            # A persistent session keeps filters the old source had: drop the removed ones.
-            gone = set(self.old.subscriptions) | set(self.new.subscriptions)
-            if isinstance(src, MqttSource):
-                src.unsubscribe_on_connect(gone - set(config.subscriptions))
-            await self._start(src, timeout)
-            p.sources.insert(0, (src, None))
-        else:
-            scfg = config.sources[name]
-            src = p.build_named_source(name, scfg)
-            await self._start(src, timeout)
-            p.sources.append((src, tuple(scfg.target_names)))
+        src = p.build_uns_source(config)
+        # A persistent session keeps filters the old source had: drop the removed ones.
+        gone = set(self.old.subscriptions) | set(self.new.subscriptions)
+        src.forget_on_connect(gone - set(config.subscriptions))
+        await self._start(src, timeout)
+        p.add_uns_source(src)
+        self.started.append(("uns", ""))
+
+    async def _start_source(self, name: str, config: PipelineConfig,
+                            timeout: float | None = -1) -> None:
+        """Build and start source ``name`` of ``config``'s ``sources`` (timeout as above)."""
+        p = self.p
+        scfg = config.sources[name]
+        src = p.build_named_source(name, scfg)
+        await self._start(src, timeout)
+        p.add_source(src, scfg.target_names)
         self.started.append(("source", name))
 
     async def _start(self, component: Any, timeout: float | None = -1) -> None:
@@ -358,37 +326,38 @@ class _Swap:
     async def _rollback(self) -> None:
         p, old = self.p, self.old
         for kind, name in reversed(self.started):
-            if kind == "source":
-                src = next(s for s, f in p.sources if (f is None) == (name is None)
-                           and (name is None or s.id == name))
-                p.sources = [(s, f) for s, f in p.sources if s is not src]
+            if kind in ("uns", "source"):
+                uns = p.uns_source
+                src = uns if kind == "uns" else next(s for s in p.sources
+                                                    if s is not uns and s.id == name)
+                assert src is not None
+                p.remove_source(src)
                 await _stop(src)
             elif kind == "target":
-                await _PathLife(p, p.paths.pop(name), self.timeout).stop()  # type: ignore[arg-type]
+                await _PathLife(p, p.paths.pop(name), self.timeout).stop()
             else:
-                await _stop(p.processors.pop(name))  # type: ignore[arg-type]
+                await _stop(p.processors.pop(name))
         p.dead_letter.path = Path(old.dead_letter.path)
         self.started = []
         try:
-            uns = _uns(p)
-            if self.subscriptions_updated and uns is not None:
-                await uns.update_subscriptions(  # type: ignore[attr-defined]
-                    {f: s.qos for f, s in old.subscriptions.items()}, timeout=self.timeout)
+            uns = p.uns_source
+            if self.uns_reconfigured and uns is not None:
+                await uns.reconfigure(uns_source_config(old), timeout=self.timeout)
             for kind, name in self.stopped:
                 if kind == "processor":
-                    assert name is not None
                     proc = p.build_processor(name, old.processors[name])
                     await proc.start()
                     p.processors[name] = proc
             for kind, name in self.stopped:
                 if kind == "target":
-                    assert name is not None
                     path = p.build_path(name, old)
                     await _PathLife(p, path, self.timeout).start()
                     p.paths[name] = path
             _relink(p, old)
             for kind, name in self.stopped:
-                if kind == "source":
+                if kind == "uns":
+                    await self._start_uns(old, timeout=None)
+                elif kind == "source":
                     await self._start_source(name, old, timeout=None)
         except BaseException as exc:
             log.critical("reload: the previous config could not start again either (%s); "
@@ -406,13 +375,10 @@ class _PathLife:
         self.id = path.id
 
     async def start(self) -> None:
-        await self.path.target.start()
-        await self.path.start_spool()
+        await self.p.start_path(self.path)
 
     async def stop(self) -> None:
-        # As at shutdown: a drainer's write in progress gets a tenth of the deadline.
-        await self.path.stop_spool(self.timeout * 0.1)
-        await self.p._stop_target(self.path)
+        await self.p.stop_path(self.path, self.timeout)
 
 
 def _relink(p: Pipeline, config: PipelineConfig) -> None:

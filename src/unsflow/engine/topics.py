@@ -1,10 +1,23 @@
-"""MQTT topic names and filters: validation and matching (MQTT 3.1.1 §4.7, 5.0 §4.7-4.8)."""
+"""MQTT topic names and filters: validation and matching (MQTT 3.1.1 §4.7, 5.0 §4.7-4.8);
+topic templates, the one implementation for every target that names its output topic or key
+(:func:`compile_template`)."""
 
 from __future__ import annotations
 
+import string
+from collections.abc import Callable
 from functools import lru_cache
+from typing import TYPE_CHECKING
 
-__all__ = ["filter_problem", "topic_problem", "split_shared", "matches", "TopicMatcher"]
+import orjson
+
+from unsflow.message import NOT_DECODED
+
+if TYPE_CHECKING:
+    from unsflow.message import Message
+
+__all__ = ["TEMPLATE_FIELDS", "TopicMatcher", "compile_template", "filter_problem", "matches",
+           "split_shared", "topic_problem"]
 
 MAX_TOPIC_BYTES = 65535
 
@@ -115,3 +128,76 @@ class TopicMatcher:
     def __call__(self, topic: str) -> tuple[str, ...]:
         """Distinct values (in first-match order) of every filter ``topic`` matches."""
         return self._lookup(topic)
+
+
+TEMPLATE_FIELDS = ("{topic} (the message's topic), {target} (this target's name), {levels[N]} "
+                   "(topic level N, from 0), {record[KEY]} (a field of the JSON record), "
+                   "{headers[NAME]} (a header of a message from a Kafka source, e.g. kafka.key)")
+_FIELD_ROOTS = frozenset({"topic", "target", "levels", "record", "headers"})
+_CACHE_SIZE = 65536  # distinct topics remembered by a template of the topic alone
+
+
+def compile_template(template: str, target: str) -> Callable[[Message], str]:
+    """A function that fills ``template`` for a message (fields: :data:`TEMPLATE_FIELDS`).
+
+    Raises ``ValueError`` at once for a template that is not one (bad braces,
+    an unknown field): config validation calls it. The function raises
+    ``KeyError`` or ``IndexError`` for a message that lacks a field (a record
+    key, a topic level); a target dead-letters that message. A record not yet
+    decoded is read from the JSON payload; a message that is not a JSON object
+    has no record fields.
+
+    >>> from unsflow.message import Message
+    >>> m = Message("acme/site1/press/vibration", b'{"machineId": "m7"}')
+    >>> compile_template("{levels[1]}", "lake")(m)
+    'site1'
+    >>> compile_template("alerts/{record[machineId]}/{target}", "lake")(m)
+    'alerts/m7/lake'
+    >>> compile_template("{machine}", "lake")  # doctest: +ELLIPSIS
+    Traceback (most recent call last):
+    ...
+    ValueError: template '{machine}': unknown field(s) ['machine']; known: {topic} ...
+    """
+    try:
+        fields = [f for _, f, _, _ in string.Formatter().parse(template) if f is not None]
+    except ValueError as exc:
+        raise ValueError(f"template {template!r}: {exc}") from None
+    roots = {f.split("[", 1)[0].split(".", 1)[0] for f in fields}
+    unknown = roots - _FIELD_ROOTS
+    if unknown or "" in roots:
+        raise ValueError(f"template {template!r}: unknown field(s) {sorted(unknown) or ['{}']}; "
+                         f"known: {TEMPLATE_FIELDS}")
+    if not fields:
+        return lambda msg: template
+    if template == "{topic}":
+        return lambda msg: msg.topic
+    if template == "{target}":
+        return lambda msg: target
+    needs_record = "record" in roots
+    if not needs_record and "headers" not in roots:
+        # A function of the topic alone: remembered per topic (a UNS has a bounded set).
+        known: dict[str, str] = {}
+
+        def by_topic(msg: Message) -> str:
+            value = known.get(msg.topic)
+            if value is None:
+                value = template.format(topic=msg.topic, target=target,
+                                        levels=msg.topic.split("/"))
+                if len(known) < _CACHE_SIZE:
+                    known[msg.topic] = value
+            return value
+
+        return by_topic
+
+    def fill(msg: Message) -> str:
+        record = msg.record
+        if needs_record and record is NOT_DECODED:
+            try:
+                record = orjson.loads(msg.payload)
+            except orjson.JSONDecodeError:
+                record = None
+        return template.format(topic=msg.topic, target=target, levels=msg.topic.split("/"),
+                               record=record if isinstance(record, dict) else {},
+                               headers=msg.headers or {})
+
+    return fill

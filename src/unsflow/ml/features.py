@@ -1,7 +1,7 @@
 """Sensor history from the data lake, ground truth, and windowed features for training.
 
 The lake is what the ``s3`` target writes (Hive-partitioned Parquet, read back
-with :func:`~unsflow.targets.object_store.open_lake`), on local disk or an
+with :func:`~unsflow.lake.open_lake_url`), on local disk or an
 object store. Each row is one reading. Three row shapes are recognised
 without options:
 
@@ -25,18 +25,16 @@ from a CSV with ``ts,id,...,label`` columns, as the MANUela recording has; a
 from __future__ import annotations
 
 import csv
-import os
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
 from typing import Any
-from urllib.parse import urlsplit
 
 import numpy as np
 import orjson
 
-from unsflow.errors import UnsflowError
+from unsflow.errors import LakeError, UnsflowError
 
 __all__ = ["GroundTruth", "LakeSpec", "Readings", "Windows", "load_ground_truth",
            "read_lake", "split_by_time", "windows_of"]
@@ -71,25 +69,12 @@ class Readings:
 
 
 def _lake_table(url: str, options: dict[str, str]) -> Any:
-    from unsflow.targets.object_store import open_lake
+    from unsflow.lake.reader import open_lake_url
 
-    parts = urlsplit(url)
-    if parts.scheme in ("", "file"):
-        path = parts.path if parts.scheme == "file" else url
-        if not os.path.isdir(path):
-            raise TrainingDataError(f"data lake {url}: no such directory")
-        return open_lake(path).to_table()
-    if parts.scheme not in ("s3", "s3a"):
-        raise TrainingDataError(f"data lake {url}: only a directory or s3:// URL is supported")
-    import pyarrow.fs
-
-    endpoint = urlsplit(options.get("endpoint", ""))
-    fs = pyarrow.fs.S3FileSystem(
-        endpoint_override=endpoint.netloc or None, scheme=endpoint.scheme or "https",
-        region=options.get("region"), access_key=options.get("access-key-id"),
-        secret_key=options.get("secret-access-key"),
-        session_token=options.get("session-token"))
-    return open_lake(f"{parts.netloc}{parts.path}".rstrip("/"), filesystem=fs).to_table()
+    try:
+        return open_lake_url(url, options).to_table()
+    except LakeError as exc:
+        raise TrainingDataError(str(exc)) from exc
 
 
 def _millis(column: Sequence[Any], name: str) -> np.ndarray:

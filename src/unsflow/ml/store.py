@@ -18,7 +18,7 @@ changes are additive only and are noted here):
 - ``<root>`` is a local directory (a path or ``file://`` URL) or an object
   store URL, ``s3://bucket/prefix``, ``gs://bucket/prefix``,
   ``az://container/prefix``; the store is built like the ``s3`` target's
-  (:func:`unsflow.targets.object_store.build_store`). ``options``:
+  (:func:`unsflow.lake.build_store`). ``options``:
   ``endpoint``, ``region``, ``allow-http`` (``true``/``false``),
   ``access-key-id``, ``secret-access-key``, ``session-token`` (S3, MinIO),
   ``account-name``, ``account-key`` (Azure), ``service-account-key`` (GCS),
@@ -46,10 +46,8 @@ The API is synchronous; callers on an event loop run it in a thread.
 
 from __future__ import annotations
 
-import contextlib
 import os
 import re
-import tempfile
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -60,7 +58,9 @@ from urllib.request import url2pathname
 import orjson
 
 from unsflow.errors import MissingDependency, ModelCorrupt, ModelNotFound, ModelStoreError
-from unsflow.targets.object_store import fsync_path
+from unsflow.lake._deps import require
+from unsflow.lake.durable import fsync_dir, write_file
+from unsflow.lake.store import STORE_OPTION_KEYS, credential_from_options, first_line
 
 if TYPE_CHECKING:
     import numpy
@@ -80,9 +80,6 @@ METADATA_FILE = "metadata.json"
 METRICS_FILE = "metrics.json"
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
 _REMOTE_SCHEMES = {"s3", "s3a", "gs", "az", "abfs", "abfss", "azure", "memory"}
-_OPTION_KEYS = {"endpoint", "region", "allow-http", "access-key-id", "secret-access-key",
-                "session-token", "account-name", "account-key", "service-account-key",
-                "retry-timeout"}
 
 
 @dataclass(frozen=True)
@@ -133,10 +130,10 @@ class ModelStore:
     def __init__(self, url: str, options: dict[str, str] | None = None) -> None:
         self.url = str(url)
         self.options = dict(options or {})
-        unknown = sorted(set(self.options) - _OPTION_KEYS)
+        unknown = sorted(set(self.options) - STORE_OPTION_KEYS)
         if unknown:
             raise ValueError(f"model store {self.url}: unknown option(s) {unknown}; "
-                             f"known: {sorted(_OPTION_KEYS)}")
+                             f"known: {sorted(STORE_OPTION_KEYS)}")
         parts = urlsplit(self.url)
         self._local: Path | None = None
         self._store: Any = None
@@ -156,17 +153,10 @@ class ModelStore:
 
     def _remote(self) -> Any:
         if self._store is None:
-            from unsflow.secrets.base import Credential
-            from unsflow.targets.object_store import build_store
+            from unsflow.lake.store import build_store
 
             o = self.options
-            credential = None
-            if any(k in o for k in ("access-key-id", "account-name", "service-account-key")):
-                credential = Credential(
-                    username=o.get("access-key-id") or o.get("account-name"),
-                    password=(o.get("secret-access-key") or o.get("account-key")
-                              or o.get("service-account-key")),
-                    extra={"session-token": o["session-token"]} if "session-token" in o else {})
+            credential = credential_from_options(o)
             try:
                 retry = float(o.get("retry-timeout", "30"))
                 allow_http = o.get("allow-http", "false").strip().lower() in ("true", "1", "yes")
@@ -177,15 +167,11 @@ class ModelStore:
                 raise
             except Exception as exc:  # ValueError, obstore's errors: the boundary
                 raise ModelStoreError(f"model store {self.url}: cannot open it: "
-                                      f"{_first_line(exc)}") from exc
+                                      f"{first_line(exc)}") from exc
         return self._store
 
     def _obstore(self) -> Any:
-        try:
-            import obstore
-        except ImportError:
-            raise MissingDependency("obstore", "lake") from None
-        return obstore
+        return require("obstore")
 
     # -- reading --------------------------------------------------------------
 
@@ -222,7 +208,7 @@ class ModelStore:
             raise
         except Exception as exc:
             raise ModelStoreError(f"model store {self.url}: cannot list model {name!r}: "
-                                  f"{_first_line(exc)}") from exc
+                                  f"{first_line(exc)}") from exc
         return found
 
     def names(self) -> list[str]:
@@ -244,7 +230,7 @@ class ModelStore:
                 raise
             except Exception as exc:
                 raise ModelStoreError(f"model store {self.url}: cannot list models: "
-                                      f"{_first_line(exc)}") from exc
+                                      f"{first_line(exc)}") from exc
             candidates = [p.rstrip("/").rsplit("/", 1)[-1] for p in listing["common_prefixes"]]
             candidates = [c for c in candidates if _NAME.match(c)]
         return sorted(n for n in candidates if self.versions(n))
@@ -300,7 +286,7 @@ class ModelStore:
             raise
         except Exception as exc:
             raise ModelStoreError(f"model store {self.url}: cannot read {key}: "
-                                  f"{_first_line(exc)}") from exc
+                                  f"{first_line(exc)}") from exc
 
     # -- writing ----------------------------------------------------------------
 
@@ -349,30 +335,18 @@ class ModelStore:
                     (folder / str(version)).mkdir()
                 except FileExistsError:
                     continue
-                fsync_path(folder, directory=True)
+                fsync_dir(folder)
                 return version, folder / str(version)
         except OSError as exc:
             raise ModelStoreError(f"model store {self.url}: cannot create a version of model "
                                   f"{name!r}: {exc}") from exc
 
     def _put_local(self, folder: Path, file: str, data: bytes) -> None:
-        tmp = None
         try:
-            fd, tmp = tempfile.mkstemp(prefix=f".{file}.", suffix=".tmp", dir=folder)
-            with os.fdopen(fd, "wb") as out:
-                out.write(data)
-                out.flush()
-                os.fsync(out.fileno())
-            os.replace(tmp, folder / file)
-            tmp = None
-            fsync_path(folder, directory=True)
+            write_file(folder / file, data)
         except OSError as exc:
             raise ModelStoreError(f"model store {self.url}: cannot write "
                                   f"{folder.parent.name}/{folder.name}/{file}: {exc}") from exc
-        finally:
-            if tmp is not None:
-                with contextlib.suppress(OSError):
-                    os.unlink(tmp)
 
     def _put_remote(self, key: str, data: bytes) -> None:
         obstore = self._obstore()
@@ -382,7 +356,7 @@ class ModelStore:
             raise
         except Exception as exc:
             raise ModelStoreError(f"model store {self.url}: cannot write {key}: "
-                                  f"{_first_line(exc)}") from exc
+                                  f"{first_line(exc)}") from exc
 
 
 _JSON_OPTIONS = orjson.OPT_SERIALIZE_NUMPY | orjson.OPT_INDENT_2 | orjson.OPT_NON_STR_KEYS
@@ -396,10 +370,6 @@ def _json_object(data: bytes, where: str) -> dict[str, Any]:
     if not isinstance(value, dict):
         raise ModelCorrupt(f"{where} is not a JSON object")
     return value
-
-
-def _first_line(exc: BaseException) -> str:
-    return (str(exc).strip().splitlines() or [type(exc).__name__])[0]
 
 
 class OnnxModel:
@@ -439,7 +409,7 @@ class OnnxModel:
         except Exception as exc:  # onnxruntime raises its own Fail/InvalidGraph/... types
             where = artifact.location or f"model {artifact.name!r} version {artifact.version}"
             raise ModelCorrupt(f"{where}: {MODEL_FILE} cannot be loaded by onnxruntime: "
-                               f"{_first_line(exc)}") from exc
+                               f"{first_line(exc)}") from exc
         if len(session.get_inputs()) != 1:
             raise ModelCorrupt(f"{artifact.location}: expected one model input, found "
                                f"{[i.name for i in session.get_inputs()]}")

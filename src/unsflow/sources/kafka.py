@@ -54,6 +54,7 @@ from unsflow._kafka import (
     client_settings,
     import_confluent,
 )
+from unsflow.components import Context
 from unsflow.config.models import SourceConfig
 from unsflow.engine.acks import InOrderAcks
 from unsflow.errors import ComponentError
@@ -160,7 +161,7 @@ class OffsetTracker:
         return len(self._acks)
 
 
-class KafkaSource(Source):
+class KafkaSource(Source[KafkaSourceConfig]):
     """Reads ``topics`` (or ``topic-pattern``) as member of ``group-id``.
 
     The consumer belongs to one thread of the source: confluent-kafka blocks a
@@ -172,9 +173,8 @@ class KafkaSource(Source):
 
     config_class = KafkaSourceConfig
 
-    def __init__(self, component_id: str, config: KafkaSourceConfig, context: Any) -> None:
-        super().__init__(component_id, context)
-        self.config = config
+    def __init__(self, component_id: str, config: KafkaSourceConfig, context: Context) -> None:
+        super().__init__(component_id, config, context)
         self._consumer: Any = None
         self._watch = ErrorWatch(component_id, log)
         self._lock = threading.Lock()

@@ -18,10 +18,17 @@ Guarantees:
   connection (a config reload): added filters and changed QoS are
   subscribed, removed filters unsubscribed; the session stays.
 
+- A refused login or ACL (CONNACK "bad user name or password", "not
+  authorized", "banned") raises :class:`~unsflow.errors.AccessDenied` from
+  :meth:`MqttSource.start`: no retry can fix it. A broker that cannot be
+  reached is retried with backoff.
+
 Batches are cut per network read: every message parsed from one socket read
 joins one batch (up to ``batch_size``), so there is no per-message task or
-timer. gmqtt is used for the protocol (measured fastest of the Python
-clients); its two inbound QoS 1/2 hooks are replaced so that acks wait for us.
+timer. The MQTT protocol is behind one adapter (:mod:`unsflow.sources._mqtt_client`,
+gmqtt today): deferred acks, pausing the socket, SUBACK reason codes and the
+ping barrier come from there, and it checks the client library's private
+hooks at start-up.
 """
 
 from __future__ import annotations
@@ -31,17 +38,25 @@ import logging
 import ssl
 import time
 from collections import deque
-from typing import Any
+from collections.abc import Mapping
+from itertools import chain
+from typing import TYPE_CHECKING, Any, Literal, Self
+
+from pydantic import Field
 
 from unsflow.components import Context
-from unsflow.config.models import BrokerConfig, SecretRef
+from unsflow.config.models import BrokerConfig, ComponentConfig, SecretRef
 from unsflow.engine.acks import InOrderAcks
 from unsflow.engine.backoff import Backoff
-from unsflow.errors import NotConnected, SecretError
+from unsflow.errors import AccessDenied, NotConnected, PermanentError, SecretError
 from unsflow.message import Message
+from unsflow.sources._mqtt_client import Ack, ClientSettings, GmqttClient, MqttClient
 from unsflow.sources.base import Source
 
-__all__ = ["MqttSource", "ssl_context"]
+if TYPE_CHECKING:
+    from unsflow.config.models import PipelineConfig
+
+__all__ = ["MqttSource", "MqttSourceConfig", "ssl_context"]
 
 log = logging.getLogger("unsflow.sources.mqtt")
 
@@ -57,34 +72,53 @@ def ssl_context(tls: Any) -> ssl.SSLContext:
     return ctx
 
 
-class MqttSource(Source):
-    """Subscribes to ``subscriptions`` ({filter: qos}) on the broker of ``broker``."""
+class MqttSourceConfig(ComponentConfig):
+    """The UNS broker source. Its keys are the top-level ones of the pipeline config
+    (``mqtt-broker``, ``mqtt-broker-credential``, ``subscriptions``, ``batch-size``),
+    gathered by :meth:`from_pipeline`; it is not an entry of ``sources``."""
 
-    def __init__(self, component_id: str, broker: BrokerConfig, credential: SecretRef | None,
-                 subscriptions: dict[str, int], context: Context, *, batch_size: int = 2000,
-                 max_pending: int = 64) -> None:
-        super().__init__(component_id, context)
-        self.broker = broker
-        self.credential = credential
-        self.subscriptions = dict(subscriptions)
-        self.batch_size = batch_size
-        self.max_pending = max_pending
-        self._client: Any = None
-        self._handler: Any = None
+    type: Literal["mqtt"] = Field("mqtt", description="Source type: the UNS MQTT broker.")
+    broker: BrokerConfig = Field(default_factory=BrokerConfig,
+                                 description="Connection to the broker.")
+    credential: SecretRef | None = Field(None, description="Username and password.")
+    subscriptions: dict[str, int] = Field(default_factory=dict,
+                                          description="Topic filter to subscription QoS.")
+    batch_size: int = Field(2000, ge=1, le=100000,
+                            description="Most messages in one batch.")
+    max_pending: int = Field(64, ge=1, description="Batches read from the socket and not yet "
+                             "taken by the engine before reading pauses (QoS 0 backpressure).")
+
+    @classmethod
+    def from_pipeline(cls, config: PipelineConfig) -> Self:
+        """The UNS source's config in pipeline config ``config``."""
+        return cls(type="mqtt", broker=config.mqtt_broker,
+                   credential=config.mqtt_broker_credential,
+                   subscriptions={flt: sub.qos for flt, sub in config.subscriptions.items()},
+                   batch_size=config.batch_size)
+
+
+class MqttSource(Source[MqttSourceConfig]):
+    """Subscribes to the config's ``subscriptions`` ({filter: qos}) on its broker."""
+
+    config_class = MqttSourceConfig
+    live_subscriptions = True
+
+    def __init__(self, component_id: str, config: MqttSourceConfig, context: Context) -> None:
+        super().__init__(component_id, config, context)
+        self.subscriptions = dict(config.subscriptions)  # those of the live session
+        self.batch_size = config.batch_size
+        self.max_pending = config.max_pending
+        self._client: MqttClient | None = None
         self._pending: list[Message] = []
-        self._pending_acks: list[tuple[Any, int, int]] = []
+        self._pending_acks: list[Ack] = []
         self._batches: deque[tuple[list[Message], int]] = deque()
         self._batch_ready = asyncio.Event()
         self._flush_scheduled = False
-        self._acks: InOrderAcks[list[tuple[Any, int, int]]] = InOrderAcks()
-        self._paused_transport: Any = None
-        self._backoff = Backoff(broker.reconnect_min, broker.reconnect_max)
+        self._acks: InOrderAcks[list[Ack]] = InOrderAcks()
+        self._backoff = Backoff(config.broker.reconnect_min, config.broker.reconnect_max)
         self._connected = asyncio.Event()
         self._subscribed = asyncio.Event()
         self._stopping = False
-        self._pong: asyncio.Future[None] | None = None
-        # SUBSCRIBE packet id -> future of the SUBACK's reason codes (update_subscriptions).
-        self._suback_waiters: dict[int, asyncio.Future[tuple[int, ...]]] = {}
         # Filters removed while disconnected: unsubscribed on the next connect.
         self._unsubscribe_pending: set[str] = set()
         self._hold_open = False  # waiting for a SUBACK: do not pause reading
@@ -95,48 +129,30 @@ class MqttSource(Source):
     # -- lifecycle ---------------------------------------------------------
 
     async def start(self) -> None:
-        import gmqtt
-        from gmqtt.mqtt.constants import MQTTv50, MQTTv311
-
-        b = self.broker
-        v5 = b.protocol_version == "5"
-        props: dict[str, Any] = {}
-        if v5:
-            props["receive_maximum"] = b.receive_maximum
-            if b.persistent:
-                props["session_expiry_interval"] = b.session_expiry
-        client = gmqtt.Client(b.client_id or None, clean_session=not b.persistent,
-                              optimistic_acknowledgement=False,
-                              logger=logging.getLogger("unsflow.sources.mqtt.gmqtt"), **props)
-        if self.credential is not None:
-            cred = await self.context.resolve_secret(self.credential)
+        b = self.config.broker
+        ref = self.config.credential
+        username = password = None
+        if ref is not None:
+            cred = await self.context.resolve_secret(ref)
             if cred.username is None:
-                raise SecretError(f"secret {self.credential.secret_name!r}: no username")
-            client.set_auth_credentials(cred.username, cred.password)
-        handler = client._package_handler
-        # The two hooks gmqtt calls for inbound QoS 1/2 PUBLISH; ours hold the ack.
-        handler._handle_qos_1_publish_packet = self._on_qos1
-        handler._handle_qos_2_publish_packet = self._on_qos2
-        handler._handle_pingresp_packet = self._on_pingresp
-        client.on_message = self._on_qos0
-        client.on_connect = self._on_connect
-        client.on_disconnect = self._on_disconnect
-        client.on_subscribe = self._on_subscribe
-        self._client, self._handler = client, handler
-        ssl_arg: Any = ssl_context(b.tls) if b.tls else False
-        version = MQTTv50 if v5 else MQTTv311
+                raise SecretError(f"secret {ref.secret_name!r}: no username")
+            username, password = cred.username, cred.password
+        settings = ClientSettings(
+            host=b.host or "localhost", port=b.port or (8883 if b.tls else 1883),
+            client_id=b.client_id,
+            protocol_version=b.protocol_version, persistent=b.persistent,
+            session_expiry=b.session_expiry, receive_maximum=b.receive_maximum,
+            keepalive=b.keepalive, tls=ssl_context(b.tls) if b.tls else None,
+            username=username, password=password)
+        client = GmqttClient(settings, self, component_id=self.id)
+        self._client = client
         while True:
             try:
-                await client.connect(b.host, b.port, ssl=ssl_arg, keepalive=b.keepalive,
-                                     version=version)
-                break
-            except (OSError, asyncio.TimeoutError, gmqtt.mqtt.handler.MQTTConnectError) as exc:
-                if isinstance(exc, gmqtt.mqtt.handler.MQTTConnectError) and exc._code in (4, 5, 134, 135):
-                    raise NotConnected(f"broker {b.host}:{b.port} refused the login: {exc}",
-                                       component_id=self.id) from exc
+                await client.connect()
+                return
+            except NotConnected as exc:  # AccessDenied and other refusals for good propagate
                 delay = self._backoff.next()
-                log.warning("[%s] cannot connect to %s:%s (%s); retrying in %.1fs",
-                            self.id, b.host, b.port, exc, delay)
+                log.warning("%s; retrying in %.1fs", exc, delay)
                 await asyncio.sleep(delay)
 
     async def stop(self) -> None:
@@ -144,10 +160,7 @@ class MqttSource(Source):
         self._stopping = True
         await self._ack_barrier()
         if self._client is not None:
-            try:
-                await asyncio.wait_for(self._client.disconnect(), 5)
-            except (OSError, asyncio.TimeoutError):
-                pass
+            await self._client.disconnect(5)
 
     async def _ack_barrier(self, timeout: float = 2.0) -> None:
         """Wait until the broker has processed every PUBACK sent so far.
@@ -159,45 +172,52 @@ class MqttSource(Source):
         broker's buffer (a close with unread data resets the connection), and
         the broker redelivers those messages: duplicates after every restart.
         """
-        conn = self._handler.current_connection if self._handler else None
-        if conn is None or conn.is_closing() or not self.acked:
+        client = self._client
+        if client is None or not client.connected or not self.acked:
             return
-        self._pong = asyncio.get_running_loop().create_future()
-        conn._send_ping_request()
-        try:
-            await asyncio.wait_for(self._pong, timeout)
-        except asyncio.TimeoutError:
+        if not await client.ping(timeout):
             log.warning("[%s] broker did not answer PINGREQ before stop", self.id)
-        finally:
-            self._pong = None
-
-    def _on_pingresp(self, cmd: int, packet: bytes) -> None:
-        if self._pong is not None and not self._pong.done():
-            self._pong.set_result(None)
 
     def describe_endpoint(self) -> str:
-        return f"{self.broker.host}:{self.broker.port}"
+        return f"{self.config.broker.host}:{self.config.broker.port}"
 
     @property
     def ready(self) -> bool:
         return self._connected.is_set() and self._subscribed.is_set()
 
+    @property
+    def connection_number(self) -> int:
+        """How many connections were accepted so far (a reload that keeps the connection
+        keeps this number)."""
+        return self._client.connection_number if self._client is not None else 0
+
     async def wait_ready(self, timeout: float | None = None) -> None:
         await asyncio.wait_for(self._subscribed.wait(), timeout)
 
-    async def update_subscriptions(self, subscriptions: dict[str, int],
+    def keeps(self, config: MqttSourceConfig) -> bool:
+        """The same broker and login: the connection and session stay; subscriptions and
+        batch size change live (:meth:`reconfigure`)."""
+        live = {"subscriptions": self.config.subscriptions, "batch_size": self.config.batch_size}
+        return config.model_copy(update=live) == self.config
+
+    async def reconfigure(self, config: MqttSourceConfig, timeout: float) -> None:
+        await self.update_subscriptions(config.subscriptions, timeout)
+        self.batch_size = config.batch_size
+        self.config = config
+
+    async def update_subscriptions(self, subscriptions: Mapping[str, int],
                                    timeout: float = 10.0) -> None:
         """Make ``subscriptions`` ({filter: qos}) the filters of the live session.
 
         Added filters and filters whose QoS changed are subscribed (a SUBSCRIBE
         to an existing filter replaces its QoS), removed ones unsubscribed;
         the connection and session stay. Returns once the broker confirmed
-        the new filters (SUBACK); raises :class:`NotConnected` when it refused
-        one or did not answer within ``timeout`` seconds. While disconnected,
-        the change is recorded and applied on the next connect.
+        the new filters (SUBACK); raises :class:`NotConnected` when it did not
+        answer within ``timeout`` seconds and
+        :class:`~unsflow.errors.PermanentError` (``AccessDenied`` for "not
+        authorized") when it refused one. While disconnected, the change is
+        recorded and applied on the next connect.
         """
-        from gmqtt import Subscription
-
         old = self.subscriptions
         changed = {f: q for f, q in subscriptions.items() if old.get(f) != q}
         removed = [f for f in old if f not in subscriptions]
@@ -205,100 +225,81 @@ class MqttSource(Source):
         client = self._client
         if client is None or (not changed and not removed):
             return
-        # gmqtt re-subscribes its list on reconnect: keep it equal to ours.
-        client._remove_subscriptions(removed + list(changed))
-        subs = [Subscription(f, qos=q) for f, q in changed.items()]
-        client.subscriptions.extend(subs)
-        conn = self._handler.current_connection if self._handler else None
-        if not self._connected.is_set() or conn is None or conn.is_closing():
+        if not self._connected.is_set() or not client.connected:
             self._unsubscribe_pending.update(removed)
             return
         if removed:
-            client._connection.unsubscribe(removed)
-        if not subs:
+            client.unsubscribe(removed)
+        if not changed:
             return
-        mid = client._connection.subscribe(subs)
-        waiter = asyncio.get_running_loop().create_future()
-        self._suback_waiters[mid] = waiter
+        waiter = client.subscribe(changed)
         # While the pipeline does not read (a reload), batches pile up and the socket is
         # paused: the SUBACK would wait behind them forever. Read on until it arrives
         # (memory stays bounded by receive-maximum for QoS 1/2).
         self._hold_open = True
-        self._resume_reading()
+        client.resume_reading()
         try:
             codes = await asyncio.wait_for(waiter, timeout)
         except TimeoutError:
             raise NotConnected(f"no SUBACK within {timeout:g}s for "
                                f"{', '.join(changed)}", component_id=self.id) from None
         finally:
-            self._suback_waiters.pop(mid, None)
             self._hold_open = False
             self._pause_if_full()
-        refused = [f for f, code in zip(changed, codes, strict=False) if code >= 128]
-        if refused:
-            raise NotConnected(f"broker refused subscription(s) {', '.join(refused)} "
-                               f"(codes {[c for c in codes if c >= 128]}): check ACLs and filters",
-                               component_id=self.id)
+        self._check_granted(changed, codes)
 
-    def unsubscribe_on_connect(self, filters: set[str]) -> None:
+    def _check_granted(self, filters: dict[str, int], codes: tuple[int, ...]) -> None:
+        refused = {f: code for f, code in zip(filters, codes, strict=False) if code >= 0x80}
+        if refused:
+            raise suback_error(refused, self.id)
+
+    def forget_on_connect(self, filters: set[str]) -> None:
         """Unsubscribe ``filters`` when connected: a persistent session may still hold
         filters an earlier source of this client id had (a reload replacing the source)."""
         self._unsubscribe_pending.update(filters)
 
-    # -- gmqtt callbacks -------------------------------------------------------
+    # -- client events (MqttEvents) ---------------------------------------------
 
-    def _on_connect(self, client: Any, flags: Any, rc: Any, properties: Any) -> None:
+    def mqtt_connected(self, session_present: bool) -> None:
+        client = self._client
+        assert client is not None
         self._backoff.reset()
         self._connected.set()
         if self._unsubscribe_pending:
             # The persistent session still holds filters removed by a reload meanwhile.
-            client._connection.unsubscribe(sorted(self._unsubscribe_pending))
+            client.unsubscribe(sorted(self._unsubscribe_pending))
             self._unsubscribe_pending.clear()
-        if client.subscriptions:
-            for sub in client.subscriptions:
-                client.resubscribe(sub)
-        else:
-            from gmqtt import Subscription
+        filters = dict(self.subscriptions)
+        if filters:
+            client.subscribe(filters).add_done_callback(
+                lambda fut: self._subscribed_on_connect(filters, fut))
+        log.info("[%s] connected to %s, subscribing %d filter(s)", self.id,
+                 client.settings.address, len(filters))
 
-            client.subscribe([Subscription(f, qos=q) for f, q in self.subscriptions.items()])
-        log.info("[%s] connected to %s:%s, subscribing %d filter(s)", self.id,
-                 self.broker.host, self.broker.port, len(self.subscriptions))
+    def _subscribed_on_connect(self, filters: dict[str, int],
+                               fut: asyncio.Future[tuple[int, ...]]) -> None:
+        if fut.cancelled() or fut.exception() is not None:
+            return  # the connection dropped first: the next connect subscribes again
+        try:
+            self._check_granted(filters, fut.result())
+        except PermanentError as exc:  # refused: not ready (/readyz says so), and said loudly
+            log.error("[%s] %s", self.id, exc)
+            return
+        if not self._subscribed.is_set():
+            log.info("[%s] subscribed: %s", self.id,
+                     ", ".join(f"{f} (qos {q})" for f, q in filters.items()))
+        self._subscribed.set()
 
-    def _on_subscribe(self, client: Any, mid: int, qos: Any, properties: Any) -> None:
-        waiter = self._suback_waiters.pop(mid, None)
-        if waiter is not None and not waiter.done():
-            waiter.set_result(tuple(qos))
-        refused = [q for q in qos if q >= 128]
-        if refused:
-            log.error("[%s] broker refused %d subscription(s) (codes %s): check ACLs and filters",
-                      self.id, len(refused), refused)
-        else:
-            if not self._subscribed.is_set():
-                log.info("[%s] subscribed: %s", self.id,
-                         ", ".join(f"{f} (qos {q})" for f, q in self.subscriptions.items()))
-            self._subscribed.set()
-
-    def _on_disconnect(self, client: Any, packet: Any, exc: Any = None) -> None:
+    def mqtt_disconnected(self) -> None:
         self._connected.clear()
         self._subscribed.clear()
-        if not self._stopping:
+        if not self._stopping and self._client is not None:
             delay = self._backoff.next()
-            client.reconnect_delay = delay
+            self._client.reconnect_delay = delay
             log.warning("[%s] disconnected from broker; reconnecting in %.1fs", self.id, delay)
 
-    def _on_qos0(self, client: Any, topic: str, payload: bytes, qos: int, properties: dict) -> None:
-        self._add(topic, payload, 0, properties, None)
-
-    def _on_qos1(self, mid: int, payload: bytes, topic: str, properties: dict) -> None:
-        self._add(topic, payload, 1, properties, (self._handler.current_connection, mid, 1))
-
-    def _on_qos2(self, mid: int, payload: bytes, topic: str, properties: dict) -> None:
-        self._add(topic, payload, 2, properties, (self._handler.current_connection, mid, 2))
-
-    # -- batching ----------------------------------------------------------------
-
-    def _add(self, topic: str, payload: bytes, qos: int, properties: dict,
-             ack: tuple[Any, int, int] | None) -> None:
+    def mqtt_message(self, topic: str, payload: bytes, qos: int, properties: dict[str, Any],
+                     ack: Ack | None) -> None:
         self._pending.append(Message(topic, payload, qos, bool(properties.get("retain")),
                                      time.time(), properties, source_id=self.id))
         if ack is not None:
@@ -309,6 +310,8 @@ class MqttSource(Source):
             # Everything parsed from this socket read arrives before call_soon runs.
             self._flush_scheduled = True
             asyncio.get_running_loop().call_soon(self._flush)
+
+    # -- batching ----------------------------------------------------------------
 
     def _flush(self) -> None:
         self._flush_scheduled = False
@@ -322,55 +325,41 @@ class MqttSource(Source):
         self._pause_if_full()
 
     def _pause_if_full(self) -> None:
-        if (len(self._batches) >= self.max_pending and self._paused_transport is None
-                and not self._hold_open and self._handler is not None):
-            transport = getattr(self._handler.current_connection, "_transport", None)
-            if transport is not None:
-                transport.pause_reading()
-                self._paused_transport = transport
-
-    def _resume_reading(self) -> None:
-        if self._paused_transport is not None:
-            transport, self._paused_transport = self._paused_transport, None
-            if not transport.is_closing():
-                transport.resume_reading()
+        client = self._client
+        if (len(self._batches) >= self.max_pending and client is not None
+                and not client.reading_paused and not self._hold_open):
+            client.pause_reading()
 
     async def read(self) -> tuple[list[Message], int]:
         while not self._batches:
             self._batch_ready.clear()
             await self._batch_ready.wait()
         batch = self._batches.popleft()
-        if self._paused_transport is not None and len(self._batches) < self.max_pending // 2:
-            self._resume_reading()
+        client = self._client
+        if client is not None and client.reading_paused \
+                and len(self._batches) < self.max_pending // 2:
+            client.resume_reading()
         return batch
 
     def ack(self, token: int) -> None:
         """Mark batch ``token`` done; send acks for every done batch in arrival order."""
-        from gmqtt.mqtt.constants import MQTTCommands
-        from gmqtt.mqtt.package import CommandWithMidPacket
-
         released = self._acks.done(token)
-        if not released:
+        if not released or self._client is None:
             return
-        current = self._handler.current_connection if self._handler else None
-        if current is None or current.is_closing():
-            self.stale_acks += sum(len(entries) for entries in released)
-            return
-        build = CommandWithMidPacket.build_package
-        proto = current._protocol.proto_ver
-        packets: list[bytes] = []
-        for entries in released:
-            for conn, mid, qos in entries:
-                if conn is current:
-                    cmd = MQTTCommands.PUBACK if qos == 1 else MQTTCommands.PUBREC
-                    packets.append(build(cmd, mid, False, proto_ver=proto))
-                else:
-                    self.stale_acks += 1
-        if packets:
-            # One socket write for the whole release, not one per message.
-            current.send_package(b"".join(packets))
-            self.acked += len(packets)
+        sent, stale = self._client.send_acks(chain.from_iterable(released))
+        self.acked += sent
+        self.stale_acks += stale
 
     @property
     def in_flight(self) -> int:
         return sum(len(v) for v in self._acks.items())
+
+
+def suback_error(refused: dict[str, int], component_id: str) -> Exception:
+    """The error for filters a SUBACK refused ({filter: reason code})."""
+    codes = sorted(set(refused.values()))
+    text = (f"broker refused subscription(s) {', '.join(refused)} "
+            f"(codes {[hex(c) for c in codes]}): check ACLs and filters")
+    if 0x87 in codes:  # not authorized
+        return AccessDenied(text, component_id=component_id)
+    return PermanentError(text, component_id=component_id)

@@ -6,7 +6,7 @@ Contract:
   flushed and (with ``fsync: true``, the default) fsynced to the file; only
   then does the engine acknowledge them. One batch is one ``write(2)`` loop
   under a lock, so the lines of concurrent batches never interleave.
-- A row is one JSON object per line: the record's fields, then ``_topic``
+- A row (:mod:`unsflow.lake.rows`) is one JSON object per line: the record's fields, then ``_topic``
   (the MQTT topic) and ``_received_at`` (epoch milliseconds, an integer). A
   record field named like a metadata column is kept with a ``_`` appended.
 - A message that cannot be decoded (invalid UTF-8, empty payload, a batch
@@ -21,32 +21,21 @@ from __future__ import annotations
 
 import asyncio
 import os
-from collections.abc import Collection
 from pathlib import Path
-from typing import Any, Literal
+from typing import Literal
 
-import orjson
 from pydantic import Field
 
 from unsflow.codecs import ensure_records
 from unsflow.components import Context
 from unsflow.config.models import TargetConfig
 from unsflow.errors import NotConnected, TransientError
+from unsflow.lake.durable import fsync_dir
+from unsflow.lake.rows import encode_message
 from unsflow.message import Failure, Message
 from unsflow.targets.base import Target
 
-__all__ = [
-    "METADATA_COLUMNS",
-    "FileTarget",
-    "FileTargetConfig",
-    "encode_message",
-    "json_line",
-    "with_metadata",
-]
-
-METADATA_COLUMNS = ("_topic", "_received_at")
-
-_JSON_OPTIONS = orjson.OPT_SERIALIZE_NUMPY | orjson.OPT_NON_STR_KEYS
+__all__ = ["FileTarget", "FileTargetConfig"]
 
 
 class FileTargetConfig(TargetConfig):
@@ -63,38 +52,6 @@ class FileTargetConfig(TargetConfig):
         description="fsync the file before a batch counts as accepted. false trades durability "
         "on power loss for speed.",
     )
-
-
-def with_metadata(row: dict[Any, Any], topic: str, received: Any,
-                  reserved: Collection[str] = METADATA_COLUMNS) -> dict[str, Any]:
-    """``row`` plus ``_topic`` and ``_received_at``; a record field with a reserved name gets ``_``."""
-    out: dict[str, Any] = {}
-    for key, value in row.items():
-        name = key if isinstance(key, str) else str(key)
-        if name in reserved or name in out:
-            name += "_"
-            while name in reserved or name in out or name in row:
-                name += "_"
-        out[name] = value
-    out["_topic"] = topic
-    out["_received_at"] = received
-    return out
-
-
-def json_line(row: dict[Any, Any], topic: str, received_ms: int,
-              reserved: Collection[str] = METADATA_COLUMNS) -> bytes:
-    """One JSON line for ``row``; raises ``TypeError`` for a value JSON cannot encode."""
-    return orjson.dumps(with_metadata(row, topic, received_ms, reserved), option=_JSON_OPTIONS) + b"\n"
-
-
-def encode_message(msg: Message, rows: list[dict[str, Any]],
-                   reserved: Collection[str] = METADATA_COLUMNS) -> bytes:
-    """The JSON lines of one message's rows; ``TypeError`` names the reason if one cannot be encoded."""
-    received_ms = int(msg.received_at * 1000)
-    try:
-        return b"".join(json_line(row, msg.topic, received_ms, reserved) for row in rows)
-    except orjson.JSONEncodeError as exc:
-        raise TypeError(f"record cannot be encoded as JSON: {exc}") from None
 
 
 class FileTarget(Target[FileTargetConfig]):
@@ -123,12 +80,7 @@ class FileTarget(Target[FileTargetConfig]):
         existed = path.exists()
         fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC, 0o644)
         if not existed and self.config.fsync:
-            # A new file is durable only once its directory entry is.
-            dir_fd = os.open(path.parent, os.O_RDONLY | os.O_DIRECTORY)
-            try:
-                os.fsync(dir_fd)
-            finally:
-                os.close(dir_fd)
+            fsync_dir(path.parent)  # a new file is durable only once its directory entry is
         return fd
 
     async def write(self, batch: list[Message]) -> list[Failure]:

@@ -40,7 +40,6 @@ from __future__ import annotations
 import asyncio
 import logging
 import threading
-from collections.abc import Callable
 from functools import partial
 from typing import Any, Literal
 
@@ -58,19 +57,16 @@ from unsflow._kafka import (
     import_confluent,
 )
 from unsflow.config.models import TargetConfig
+from unsflow.engine.topics import TEMPLATE_FIELDS, compile_template
 from unsflow.errors import ComponentError, NotConnected, TransientError
 from unsflow.message import NOT_DECODED, Failure, Message
 from unsflow.targets.base import Target
 
-__all__ = ["KafkaTarget", "KafkaTargetConfig", "compile_template"]
+__all__ = ["KafkaTarget", "KafkaTargetConfig", "mqtt_headers"]
 
 log = logging.getLogger("unsflow.targets.kafka")
 
 _CACHE_SIZE = 65536  # distinct MQTT topics remembered for keys, topics and headers
-
-_TEMPLATE_HELP = ("{topic} (MQTT topic), {target} (this target's name), {levels[N]} (topic level "
-                  "N), {record[KEY]} (a field of the JSON record), {headers[NAME]} (a header of a "
-                  "message from a Kafka source, e.g. kafka.key)")
 
 
 class KafkaTargetConfig(KafkaConnectionConfig, TargetConfig):
@@ -79,7 +75,7 @@ class KafkaTargetConfig(KafkaConnectionConfig, TargetConfig):
     type: Literal["kafka"] = Field(description="Target type: a Kafka topic.")
     topic: str = Field(
         "{target}", min_length=1,
-        description="Kafka topic template; default the target's name. Fields: " + _TEMPLATE_HELP
+        description="Kafka topic template; default the target's name. Fields: " + TEMPLATE_FIELDS
         + ". The result must be a valid Kafka topic name (letters, digits, '.', '_', '-').")
     key: str | None = Field(
         "{topic}",
@@ -111,64 +107,6 @@ class KafkaTargetConfig(KafkaConnectionConfig, TargetConfig):
         if value is not None:
             compile_template(value, "t")  # raises ValueError for a broken template
         return value
-
-
-def compile_template(template: str, target: str) -> Callable[[Message], str]:
-    """A function that fills ``template`` for a message; KeyError/IndexError if a field is missing.
-
-    >>> m = Message("acme/site1/press/vibration", b'{"machineId": "m7"}')
-    >>> compile_template("{levels[1]}", "lake")(m)
-    'site1'
-    >>> compile_template("uns.{record[machineId]}", "lake")(m)
-    'uns.m7'
-    >>> compile_template("{target}", "lake")(m)
-    'lake'
-    """
-    import string
-
-    try:
-        fields = [f for _, f, _, _ in string.Formatter().parse(template) if f is not None]
-    except ValueError as exc:
-        raise ValueError(f"template {template!r}: {exc}") from None
-    roots = {f.split("[", 1)[0].split(".", 1)[0] for f in fields}
-    unknown = roots - {"topic", "target", "levels", "record", "headers"}
-    if unknown or "" in roots:
-        raise ValueError(f"template {template!r}: unknown field(s) {sorted(unknown) or ['{}']}; "
-                         f"known: {_TEMPLATE_HELP}")
-    if not fields:
-        return lambda msg: template
-    if template == "{topic}":
-        return lambda msg: msg.topic
-    if template == "{target}":
-        return lambda msg: target
-    needs_record = "record" in roots
-    if not needs_record and "headers" not in roots:
-        # A function of the MQTT topic alone: remembered per topic (a UNS has a bounded set).
-        known: dict[str, str] = {}
-
-        def by_topic(msg: Message) -> str:
-            value = known.get(msg.topic)
-            if value is None:
-                value = template.format(topic=msg.topic, target=target,
-                                        levels=msg.topic.split("/"))
-                if len(known) < _CACHE_SIZE:
-                    known[msg.topic] = value
-            return value
-
-        return by_topic
-
-    def fill(msg: Message) -> str:
-        record = msg.record
-        if needs_record and record is NOT_DECODED:
-            try:
-                record = orjson.loads(msg.payload)
-            except orjson.JSONDecodeError:
-                record = None
-        return template.format(topic=msg.topic, target=target, levels=msg.topic.split("/"),
-                               record=record if isinstance(record, dict) else {},
-                               headers=msg.headers or {})
-
-    return fill
 
 
 def mqtt_headers(msg: Message, cache: dict[tuple[str, int, bool], list[Any]] | None = None

@@ -20,15 +20,15 @@ import threading
 from typing import Any, Literal
 
 import orjson
-from pydantic import Field
+from pydantic import Field, field_validator
 
 from unsflow.config.models import SecretRef, TargetConfig, TlsConfig
-from unsflow.engine.topics import topic_problem
+from unsflow.engine.topics import TEMPLATE_FIELDS, compile_template, topic_problem
 from unsflow.errors import MissingDependency, TransientError
 from unsflow.message import NOT_DECODED, Failure, Message
 from unsflow.targets.base import Target
 
-__all__ = ["MqttTarget", "MqttTargetConfig", "render_topic"]
+__all__ = ["MqttTarget", "MqttTargetConfig"]
 
 log = logging.getLogger("unsflow.targets.mqtt")
 
@@ -41,8 +41,7 @@ class MqttTargetConfig(TargetConfig):
     mqtt_credential: SecretRef | None = Field(None, description="Username/password reference.")
     topic: str = Field(
         "{topic}/{target}",
-        description="Output topic template: {topic} (input topic), {target} (this target's "
-        "name), {levels[N]} (input topic level N), {record[KEY]} (a record field). Beware of "
+        description="Output topic template. Fields: " + TEMPLATE_FIELDS + ". Beware of "
         "loops: do not publish to the UNS broker under a topic your subscriptions match.")
     qos: int = Field(1, ge=0, le=2, description="Publish QoS.")
     retain: bool = Field(False, description="Publish with the retain flag.")
@@ -52,17 +51,11 @@ class MqttTargetConfig(TargetConfig):
     max_in_flight: int = Field(1000, ge=1, le=65535, description="Unacknowledged publishes.")
     publish_timeout: float = Field(30.0, gt=0, description="Seconds to wait for a batch's acks.")
 
-
-def render_topic(template: str, msg: Message, target: str) -> str:
-    """Fill the topic template for ``msg``; KeyError/IndexError if a field is missing.
-
-    >>> m = Message("plant/line1/press/vibration", b"", record={"machineId": "m7"})
-    >>> render_topic("alerts/{record[machineId]}/{levels[1]}", m, "t")
-    'alerts/m7/line1'
-    """
-    record = msg.record if isinstance(msg.record, dict) else {}
-    return template.format(topic=msg.topic, target=target, levels=msg.topic.split("/"),
-                           record=record)
+    @field_validator("topic")
+    @classmethod
+    def _check_template(cls, value: str) -> str:
+        compile_template(value, "t")  # raises ValueError for a broken template
+        return value
 
 
 class MqttTarget(Target[MqttTargetConfig]):
@@ -75,6 +68,7 @@ class MqttTarget(Target[MqttTargetConfig]):
         self._lock = threading.Lock()
         self._waiting: dict[int, asyncio.Future[int]] = {}
         self._early: dict[int, int] = {}
+        self._topic = compile_template(self.config.topic, self.id)
         self.published = 0
 
     async def start(self) -> None:
@@ -124,7 +118,7 @@ class MqttTarget(Target[MqttTargetConfig]):
         items: list[tuple[Message, str, bytes]] = []
         for msg in batch:
             try:
-                topic = render_topic(c.topic, msg, self.id)
+                topic = self._topic(msg)
             except (KeyError, IndexError, AttributeError) as exc:
                 failures.append(Failure(msg, f"topic template {c.topic!r} needs {exc}", self.stage))
                 continue

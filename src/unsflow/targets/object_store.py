@@ -34,51 +34,37 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import gzip
-import hashlib
-import math
-import os
 import re
-import time
-import uuid
 from dataclasses import dataclass, field
-from datetime import timedelta
-from functools import lru_cache
-from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal, Self
-from urllib.parse import quote, urlsplit
-from urllib.request import url2pathname
+from urllib.parse import urlsplit
 
-import orjson
 from pydantic import Field, model_validator
 
 from unsflow.codecs import ensure_records
 from unsflow.components import Context
 from unsflow.config.models import BatchingConfig, SecretRef, TargetConfig
-from unsflow.errors import MissingDependency, NotConnected, PermanentError, TransientError
+from unsflow.errors import NotConnected, PermanentError, TransientError
+from unsflow.lake._deps import require
+from unsflow.lake.layout import Layout, Partition, content_digest, unique_name
+from unsflow.lake.parquet import encode_parquet
+from unsflow.lake.rows import METADATA_COLUMNS, encode_message, parquet_rows
+from unsflow.lake.store import (
+    NO_CREDENTIAL_SCHEMES,
+    URL_SCHEMES,
+    ObjectWriter,
+    build_store,
+)
 from unsflow.message import Failure, Message
 from unsflow.targets.base import Target
-from unsflow.targets.file import METADATA_COLUMNS, encode_message, with_metadata
 
 if TYPE_CHECKING:
-    import pyarrow.dataset
-    import pyarrow.fs
-
     from unsflow.secrets.base import Credential
 
-__all__ = ["ObjectStoreTarget", "ObjectStoreTargetConfig", "build_store", "content_digest",
-           "fsync_path", "open_lake"]
+__all__ = ["ObjectStoreTarget", "ObjectStoreTargetConfig"]
 
-_URL_SCHEMES = {"s3", "s3a", "gs", "az", "abfs", "abfss", "adl", "azure", "file", "memory",
-                "http", "https"}
-_NO_CREDENTIAL = {"file", "memory", "http", "https"}
-_AZURE = {"az", "abfs", "abfss", "adl", "azure"}
-Partition = Literal["date", "hour", "topic-levels"]
 _NAME = r"^[A-Za-z][A-Za-z0-9_]*$"
-_INT64_MIN, _INT64_MAX = -(1 << 63), (1 << 63) - 1
-_JSON_OPTIONS = orjson.OPT_SERIALIZE_NUMPY | orjson.OPT_NON_STR_KEYS
 _MIB = 1024 * 1024
-# Message.headers a Kafka source sets; together they identify a record for good.
-KAFKA_COORDINATES = ("kafka.topic", "kafka.partition", "kafka.offset")
 
 
 class ObjectStoreTargetConfig(TargetConfig):
@@ -133,13 +119,13 @@ class ObjectStoreTargetConfig(TargetConfig):
             raise ValueError("exactly one of s3-bucket, local-path, store-url must be set; "
                              f"found {' and '.join(where) or 'none'}")
         scheme = urlsplit(self.store_url).scheme if self.store_url else ""
-        if self.store_url and scheme not in _URL_SCHEMES:
-            raise ValueError(f"store-url: scheme {scheme!r} is not one of {sorted(_URL_SCHEMES)}")
+        if self.store_url and scheme not in URL_SCHEMES:
+            raise ValueError(f"store-url: scheme {scheme!r} is not one of {sorted(URL_SCHEMES)}")
         s3_keys = [k for k, v in (("region", self.region), ("endpoint", self.endpoint))
                    if v is not None]
         if s3_keys and not (self.s3_bucket or scheme in ("s3", "s3a")):
             raise ValueError(f"{', '.join(s3_keys)} only apply to s3-bucket or an s3:// store-url")
-        if self.credential is not None and (self.local_path or scheme in _NO_CREDENTIAL):
+        if self.credential is not None and (self.local_path or scheme in NO_CREDENTIAL_SCHEMES):
             raise ValueError("credential applies to S3, GCS and Azure stores only")
         if self.allow_http and (self.local_path or scheme in ("file", "memory")):
             raise ValueError("allow-http only applies to a remote store")
@@ -160,98 +146,6 @@ class ObjectStoreTargetConfig(TargetConfig):
         return self
 
 
-def _require(module: str) -> Any:
-    import importlib
-    try:
-        return importlib.import_module(module)
-    except ImportError:
-        raise MissingDependency(module.partition(".")[0], "lake") from None
-
-
-def _plain(value: Any, name: str) -> Any:
-    """``value`` as None, bool, int64, float or str (nested values as JSON text)."""
-    kind = type(value)
-    if value is None or kind is bool or kind is str or kind is float:
-        return value
-    if kind is int:
-        return value if _INT64_MIN <= value <= _INT64_MAX else str(value)
-    try:
-        text = orjson.dumps(value, option=_JSON_OPTIONS)
-    except orjson.JSONEncodeError as exc:
-        raise TypeError(f"field {name!r}: cannot encode a value of type {kind.__name__} "
-                        f"({exc})") from None
-    decoded = orjson.loads(text)  # datetime -> ISO text, numpy scalars -> numbers
-    return text.decode() if kind in (dict, list, tuple) or isinstance(decoded, (dict, list)) \
-        else _plain(decoded, name)
-
-
-def _text(value: Any) -> str:
-    if isinstance(value, str):
-        return value
-    if isinstance(value, float) and not math.isfinite(value):
-        return "NaN" if math.isnan(value) else ("Infinity" if value > 0 else "-Infinity")
-    return orjson.dumps(value).decode()
-
-
-def _column(values: list[Any]) -> Any:
-    import pyarrow as pa
-
-    kinds = {type(v) for v in values}
-    kinds.discard(type(None))
-    if not kinds:
-        return pa.nulls(len(values))
-    if kinds == {bool}:
-        return pa.array(values, pa.bool_())
-    if kinds == {int}:
-        return pa.array(values, pa.int64())
-    if kinds <= {int, float}:
-        return pa.array(values, pa.float64())
-    if kinds != {str}:
-        values = [None if v is None else _text(v) for v in values]
-    return pa.array(values, pa.string())
-
-
-def _parquet_bytes(rows: list[dict[str, Any]], compression: str) -> bytes:
-    import pyarrow as pa
-    import pyarrow.parquet as pq
-
-    names: dict[str, None] = {}
-    for row in rows:
-        names.update(dict.fromkeys(row))
-    for meta in METADATA_COLUMNS:  # metadata last, in a fixed order
-        names.pop(meta, None)
-    columns = [_column([row.get(n) for row in rows]) for n in names]
-    columns.append(pa.array([row["_topic"] for row in rows], pa.string()))
-    columns.append(pa.array([row["_received_at"] for row in rows], pa.timestamp("ms", tz="UTC")))
-    table = pa.table(columns, names=[*names, *METADATA_COLUMNS])
-    sink = pa.BufferOutputStream()
-    pq.write_table(table, sink, compression=None if compression == "none" else compression)
-    return bytes(sink.getvalue())
-
-
-def fsync_path(path: Path, directory: bool = False) -> None:
-    """fsync a file, or with ``directory`` a directory (so a rename in it is durable)."""
-    fd = os.open(path, os.O_RDONLY | (os.O_DIRECTORY if directory else 0))
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
-@lru_cache(maxsize=1024)
-def _hour_parts(hour: int) -> tuple[str, str]:
-    t = time.gmtime(hour * 3600)
-    return time.strftime("date=%Y-%m-%d", t), time.strftime("hour=%H", t)
-
-
-@lru_cache(maxsize=16384)
-def _level_parts(topic: str, names: tuple[str, ...]) -> tuple[str, ...]:
-    """``name=value`` per level; a missing or empty level is ``_``, others percent-encoded."""
-    levels = topic.split("/")
-    return tuple(f"{name}={quote(levels[i], safe='') if i < len(levels) and levels[i] else '_'}"
-                 for i, name in enumerate(names))
-
-
 @dataclass
 class _Buffer:
     """Rows bound for one object; every writer with rows here awaits ``future``."""
@@ -268,9 +162,7 @@ class ObjectStoreTarget(Target[ObjectStoreTargetConfig]):
     def __init__(self, component_id: str, config: ObjectStoreTargetConfig,
                  context: Context) -> None:
         super().__init__(component_id, config, context)
-        self._store: Any = None
-        self._local_root: Path | None = None
-        self._synced_dirs: set[Path] = set()
+        self._writer: ObjectWriter | None = None
         self._pending: dict[tuple[str, ...], _Buffer] = {}
         self._rows = self._bytes = 0
         self._first_at: float | None = None
@@ -278,31 +170,27 @@ class ObjectStoreTarget(Target[ObjectStoreTargetConfig]):
         self._full = asyncio.Event()
         self._closing = False
         self._flusher: asyncio.Task[None] | None = None
-        self._level_names = tuple(config.topic_levels)
-        reserved = set(METADATA_COLUMNS) | {p for p in config.partition_by if p != "topic-levels"}
-        if "topic-levels" in config.partition_by:
-            reserved.update(config.topic_levels)
-        self._reserved = frozenset(reserved)
-        self._prefix = [s for s in config.key_prefix.split("/") if s]
+        self._layout = Layout(config.partition_by, config.topic_levels, config.key_prefix)
+        self._reserved = frozenset(METADATA_COLUMNS) | self._layout.columns
         self._ext = ".parquet" if config.format == "parquet" else (
             ".jsonl.gz" if config.compression == "gzip" else ".jsonl")
 
     async def start(self) -> None:
         ref = self.config.credential
         credential = await self.context.resolve_secret(ref) if ref is not None else None
-        self._store = await asyncio.to_thread(self._build_store, credential)
+        self._writer = await asyncio.to_thread(self._open_writer, credential)
         self._closing = False
         self._has_rows.clear()
         self._full.clear()
         self._flusher = asyncio.create_task(self._run_flusher(), name=f"{self.stage}:flusher")
 
-    def _build_store(self, credential: Credential | None) -> Any:
+    def _open_writer(self, credential: Credential | None) -> ObjectWriter:
         cfg = self.config
         if cfg.format == "parquet":
-            _require("pyarrow.parquet")
-        obstore_error = _require("obstore.exceptions").BaseError
+            require("pyarrow.parquet")
+        obstore_error = require("obstore.exceptions").BaseError
         try:
-            store, self._local_root = build_store(
+            store, local_root = build_store(
                 local_path=cfg.local_path, s3_bucket=cfg.s3_bucket, store_url=cfg.store_url,
                 region=cfg.region, endpoint=cfg.endpoint, allow_http=cfg.allow_http,
                 credential=credential, retry_timeout=cfg.retry_timeout)
@@ -310,7 +198,8 @@ class ObjectStoreTarget(Target[ObjectStoreTargetConfig]):
             raise TransientError(f"cannot open the store: {exc}", component_id=self.id) from exc
         except (ValueError, obstore_error) as exc:
             raise PermanentError(f"cannot build the store: {exc}", component_id=self.id) from exc
-        return store
+        return ObjectWriter(store, local_root, chunk_size=cfg.multipart_chunk_size,
+                            component_id=self.id)
 
     async def write(self, batch: list[Message]) -> list[Failure]:
         if self._flusher is None or self._flusher.done() or self._closing:
@@ -327,7 +216,7 @@ class ObjectStoreTarget(Target[ObjectStoreTargetConfig]):
             except TypeError as exc:
                 failures.append(Failure(msg, str(exc), self.stage))
                 continue
-            key = self._partition(msg)
+            key = self._layout.partition(msg)
             buf = self._pending.get(key)
             if buf is None:
                 buf = self._pending[key] = _Buffer(loop.create_future())
@@ -356,34 +245,7 @@ class ObjectStoreTarget(Target[ObjectStoreTargetConfig]):
     def _encode_rows(self, msg: Message, rows: list[dict[str, Any]]) -> Any:
         if self.config.format == "jsonl":
             return encode_message(msg, rows, self._reserved)
-        received_ms = int(msg.received_at * 1000)
-        reserved = self._reserved
-        out = []
-        for row in rows:
-            if reserved.isdisjoint(row):
-                full = dict(row)
-                full["_topic"] = msg.topic
-                full["_received_at"] = received_ms
-            else:
-                full = with_metadata(row, msg.topic, received_ms, reserved)
-            # Fast path: JSON-decoded records are nearly always flat scalars already.
-            for value in full.values():
-                kind = type(value)
-                if not (kind is str or kind is float or kind is bool or value is None
-                        or (kind is int and _INT64_MIN <= value <= _INT64_MAX)):
-                    full = {name: _plain(v, name) for name, v in full.items()}
-                    break
-            out.append(full)
-        return out
-
-    def _partition(self, msg: Message) -> tuple[str, ...]:
-        parts: list[str] = []
-        for name in self.config.partition_by:
-            if name == "topic-levels":
-                parts.extend(_level_parts(msg.topic, self._level_names))
-            else:
-                parts.append(_hour_parts(int(msg.received_at // 3600))[name == "hour"])
-        return tuple(parts)
+        return parquet_rows(msg, rows, self._reserved)
 
     async def _run_flusher(self) -> None:
         loop = asyncio.get_running_loop()
@@ -434,72 +296,20 @@ class ObjectStoreTarget(Target[ObjectStoreTargetConfig]):
         """Encode and store one object (worker thread); the failures are unencodable messages."""
         data, failures = self._encode(entries)
         if data:
-            if self.config.object_names == "deterministic":
-                name = f"{self.config.object_prefix}-{content_digest(entries)}{self._ext}"
+            cfg = self.config
+            if cfg.object_names == "deterministic":
+                name = f"{cfg.object_prefix}-{content_digest(entries)}{self._ext}"
             else:
-                now = time.time()
-                stamp = (time.strftime("%Y%m%dT%H%M%S", time.gmtime(now))
-                         + f"{int(now * 1000) % 1000:03d}Z")
-                name = f"{self.config.object_prefix}-{stamp}-{uuid.uuid4().hex[:12]}{self._ext}"
-            self._put("/".join([*self._prefix, *partition, name]), data)
+                name = unique_name(cfg.object_prefix, self._ext)
+            assert self._writer is not None
+            self._writer.put(self._layout.key(partition, name), data)
         return failures
 
     def _encode(self, entries: list[tuple[Message, Any]]) -> tuple[bytes, list[Failure]]:
         if self.config.format == "jsonl":
             data = b"".join(lines for _, lines in entries)
             return (gzip.compress(data, mtime=0) if self.config.compression == "gzip" else data), []
-        pa = _require("pyarrow")
-        codec = self.config.compression
-        errors = (pa.ArrowException, ValueError, TypeError, OverflowError)
-        try:
-            return _parquet_bytes([r for _, rows in entries for r in rows], codec), []
-        except errors:
-            pass
-        # Find the messages that cannot be encoded; write the others.
-        good: list[dict[str, Any]] = []
-        failures: list[Failure] = []
-        for msg, rows in entries:
-            try:
-                _parquet_bytes(rows, codec)
-            except errors as exc:
-                failures.append(Failure(msg, f"rows cannot be written as Parquet: {exc}", self.stage))
-            else:
-                good.extend(rows)
-        return (_parquet_bytes(good, codec) if good else b""), failures
-
-    def _put(self, key: str, data: bytes) -> None:
-        obstore = _require("obstore")
-        errors = (_require("obstore.exceptions").BaseError, OSError)
-        if self._local_root is None:
-            try:
-                obstore.put(self._store, key, data, chunk_size=self.config.multipart_chunk_size)
-            except errors as exc:
-                raise TransientError(f"cannot put {key}: {_first_line(exc)}",
-                                     component_id=self.id) from exc
-            return
-        # obstore's LocalStore renames a staged file into place but never fsyncs: stage under a
-        # hidden name (readers skip it), fsync, rename, fsync the directories.
-        directory, _, name = key.rpartition("/")
-        staging = f"{directory}/.{name}.tmp" if directory else f".{name}.tmp"
-        try:
-            obstore.put(self._store, staging, data)
-            fsync_path(self._local_root / staging)
-            obstore.rename(self._store, staging, key)
-            self._sync_dirs(self._local_root / directory)
-        except errors as exc:
-            with contextlib.suppress(*errors):
-                obstore.delete(self._store, staging)
-            raise TransientError(f"cannot write {key}: {_first_line(exc)}",
-                                 component_id=self.id) from exc
-
-    def _sync_dirs(self, directory: Path) -> None:
-        """fsync ``directory`` (the new entry) and, once, each new-looking parent up to the root."""
-        fsync_path(directory, directory=True)
-        path = directory
-        while path != self._local_root and path not in self._synced_dirs:
-            fsync_path(path.parent, directory=True)
-            self._synced_dirs.add(path)
-            path = path.parent
+        return encode_parquet(entries, self.config.compression, self.stage)
 
     async def stop(self) -> None:
         self._closing = True
@@ -513,150 +323,6 @@ class ObjectStoreTarget(Target[ObjectStoreTargetConfig]):
         finally:
             if not flusher.done():
                 flusher.cancel()
-
-
-def build_store(*, local_path: str | None = None, s3_bucket: str | None = None,
-                store_url: str | None = None, region: str | None = None,
-                endpoint: str | None = None, allow_http: bool = False,
-                credential: Credential | None = None,
-                retry_timeout: float = 30.0) -> tuple[Any, Path | None]:
-    """An obstore store for exactly one of ``local_path``, ``s3_bucket``, ``store_url``.
-
-    Returns ``(store, local_root)``; ``local_root`` is the directory for a local
-    store (created if missing), else None. ``endpoint`` implies path-style S3
-    requests (MinIO). Shared by the ``s3`` target and the model store
-    (:mod:`unsflow.ml.store`). Raises OSError (a directory cannot be made),
-    ValueError or obstore's errors (a store that cannot be built).
-    """
-    store_mod = _require("obstore.store")
-    retry = {"retry_timeout": timedelta(seconds=retry_timeout)}
-    client = {"allow_http": True} if allow_http else None
-    if local_path:
-        root = Path(local_path).resolve()
-        root.mkdir(parents=True, exist_ok=True)
-        fsync_path(root.parent, directory=True)
-        return store_mod.LocalStore(root, mkdir=True), root
-    url = urlsplit(store_url or "")
-    options: dict[str, Any] = {k: v for k, v in (("region", region), ("endpoint", endpoint)) if v}
-    if endpoint:
-        options["virtual_hosted_style_request"] = False
-    if credential is not None:
-        options.update(_store_credential(url.scheme or "s3", credential))
-    if s3_bucket:
-        return store_mod.S3Store(s3_bucket, config=options, client_options=client,
-                                 retry_config=retry), None
-    if url.scheme == "file":
-        return store_mod.from_url(store_url, mkdir=True), Path(url2pathname(url.path))
-    if url.scheme == "memory":
-        return store_mod.from_url(store_url), None
-    return store_mod.from_url(store_url, config=options or None, client_options=client,
-                              retry_config=retry), None
-
-
-def _store_credential(scheme: str, credential: Credential) -> dict[str, str]:
-    """obstore config keys for a resolved credential, by kind of store."""
-    if scheme in _AZURE:
-        return {"account_name": credential.username or "", "account_key": credential.password or ""}
-    if scheme == "gs":
-        return {"service_account_key": credential.password or ""}
-    keys = {"access_key_id": credential.username or "",
-            "secret_access_key": credential.password or ""}
-    token = credential.extra.get("session-token") or credential.extra.get("session_token")
-    if token:
-        keys["session_token"] = str(token)
-    return keys
-
-
-def content_digest(entries: list[tuple[Message, Any]]) -> str:
-    """32 hex digits that depend only on which messages an object holds (not their order).
-
-    A message counts as its topic and payload plus, from a Kafka source, its
-    topic/partition/offset headers (``KAFKA_COORDINATES``), which identify it
-    across a replay; from any other source, its receive time instead, so that
-    two equal readings received at different times never share a name (one
-    would overwrite the other). A retry or a spool replay of the same messages
-    keeps their receive time, and so the name.
-    """
-    digests = []
-    for msg, _ in entries:
-        h = hashlib.blake2b(digest_size=16)
-        headers = msg.headers or {}
-        coordinates = [headers.get(k) for k in KAFKA_COORDINATES]
-        if all(c is not None for c in coordinates):
-            identity = [b"kafka", *(c if isinstance(c, bytes) else str(c).encode()
-                                    for c in coordinates)]
-        else:
-            identity = [b"received", repr(float(msg.received_at)).encode()]
-        for part in (msg.topic.encode(), msg.payload, *identity):
-            h.update(len(part).to_bytes(8, "little"))
-            h.update(part)
-        digests.append(h.digest())
-    digests.sort()
-    return hashlib.blake2b(b"".join(digests), digest_size=16).hexdigest()
-
-
-def _first_line(exc: BaseException) -> str:
-    return (str(exc).strip().splitlines() or [type(exc).__name__])[0]
-
-
-def open_lake(root: str | os.PathLike[str],
-              filesystem: pyarrow.fs.FileSystem | None = None) -> pyarrow.dataset.Dataset:
-    """The Parquet objects under ``root`` as one pyarrow dataset.
-
-    ``root`` is a local directory, or with ``filesystem`` a path in it: for
-    MinIO or S3, ``"bucket/key-prefix"`` with
-    ``pyarrow.fs.S3FileSystem(endpoint_override=..., access_key=..., secret_key=...)``.
-    Hive partitions become columns; the schema is the union of every file's
-    columns with types promoted (int64 in one file and float64 in another
-    read as float64), which ``pyarrow.dataset.dataset`` alone does not do: it
-    takes the first file's schema.
-    """
-    ds = _require("pyarrow.dataset")
-    fs = _require("pyarrow.fs")
-    pa = _require("pyarrow")
-    if filesystem is None:
-        filesystem, base = fs.LocalFileSystem(), os.path.abspath(root)
-    else:
-        base = os.fspath(root).rstrip("/")
-    factory = ds.FileSystemDatasetFactory(
-        filesystem, fs.FileSelector(base, recursive=True), ds.ParquetFileFormat(),
-        ds.FileSystemFactoryOptions(partitioning=ds.HivePartitioning.discover(),
-                                    partition_base_dir=base))
-    try:
-        schema = factory.inspect(promote_options="permissive")
-    except (pa.ArrowTypeError, pa.ArrowInvalid):
-        # A column that is a number in one object and text in another (a UNS
-        # value that is sometimes "RUNNING"): read it as text, as DuckDB's
-        # union_by_name does, instead of failing on the whole lake.
-        # inspect_schemas() gives the first object's schema and the partitions';
-        # every object's footer is needed here.
-        first, partitions = factory.inspect_schemas()
-        fmt = ds.ParquetFileFormat()
-        files = factory.finish(pa.unify_schemas([first, partitions])).files
-        schema = _widest_schema([fmt.inspect(f, filesystem) for f in files] + [partitions])
-    return factory.finish(schema)
-
-
-def _widest_schema(schemas: list[Any]) -> Any:
-    """One schema for all: same type kept, ints and floats to float64, other mixes to string."""
-    pa = _require("pyarrow")
-    types: dict[str, list[Any]] = {}
-    for schema in schemas:
-        for fld in schema:
-            types.setdefault(fld.name, []).append(fld.type)
-    fields = []
-    for name, found in types.items():
-        kinds = {t for t in found if not pa.types.is_null(t)}
-        if not kinds:
-            kind = pa.null()
-        elif len(kinds) == 1:
-            kind = kinds.pop()
-        elif all(pa.types.is_integer(t) or pa.types.is_floating(t) for t in kinds):
-            kind = pa.float64()
-        else:
-            kind = pa.string()
-        fields.append(pa.field(name, kind))
-    return pa.schema(fields)
 
 
 def _chunks(entries: list[tuple[Message, Any]], max_rows: int) -> list[list[tuple[Message, Any]]]:

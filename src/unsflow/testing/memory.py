@@ -14,7 +14,7 @@ from __future__ import annotations
 import asyncio
 
 from unsflow.components import Context
-from unsflow.config.models import TargetConfig
+from unsflow.config.models import ComponentConfig, TargetConfig
 from unsflow.engine.acks import InOrderAcks
 from unsflow.message import Failure, Message
 from unsflow.sources.base import Source
@@ -23,16 +23,24 @@ from unsflow.targets.base import Target
 __all__ = ["MemorySource", "MemoryTarget"]
 
 
-class MemorySource(Source):
+class MemorySource(Source[ComponentConfig]):
     """A source fed by :meth:`push`; records how the engine acknowledged.
 
     ``ack_calls`` lists tokens in the order the engine acked them;
     ``released`` lists them in the order a real source would acknowledge
     upstream (arrival order), as the MQTT and Kafka sources do.
+
+    Handed to :class:`~unsflow.engine.pipeline.Pipeline` as its UNS source, it
+    stays through every config reload (the config does not describe it) and
+    is never restarted: what it was given and not acknowledged is not given
+    again (``redelivers`` is false).
     """
 
+    config_class = ComponentConfig
+    redelivers = False
+
     def __init__(self, component_id: str = "memory", context: Context | None = None) -> None:
-        super().__init__(component_id, context or Context(env={}))
+        super().__init__(component_id, ComponentConfig(type="memory"), context or Context(env={}))
         self._queue: asyncio.Queue[tuple[list[Message], int]] | None = None
         self._backlog: list[tuple[list[Message], int]] = []
         self._acks: InOrderAcks[int] = InOrderAcks()
@@ -74,6 +82,12 @@ class MemorySource(Source):
         return len(self.released)
 
     async def stop(self) -> None:
+        pass
+
+    def keeps(self, config: ComponentConfig) -> bool:
+        return True  # fed by the test, whatever the config says
+
+    async def reconfigure(self, config: ComponentConfig, timeout: float) -> None:
         pass
 
 
