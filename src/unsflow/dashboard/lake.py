@@ -160,7 +160,7 @@ class Lake:
             rows = table.to_pylist() if table is not None else []
             columns = list(pf.schema_arrow.names)
         else:
-            from unsflow.targets.object_store import open_lake
+            from unsflow.lake import open_lake
 
             try:
                 dataset = open_lake(target)  # skips the target's staging files (.name.tmp)

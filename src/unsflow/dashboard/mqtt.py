@@ -64,14 +64,16 @@ class MqttFeed:
 
     def _source_for(self) -> MqttSource:
         from unsflow.components import Context
-        from unsflow.sources.mqtt import MqttSource
+        from unsflow.sources.mqtt import MqttSource, MqttSourceConfig
 
         c = self.config
         broker = BrokerConfig.model_validate({
             "host": c.broker_host, "port": c.broker_port, "tls": c.broker_tls,
             "clean-start": True, "session-expiry": 0, "reconnect-max": 10.0})
-        return MqttSource("dashboard", broker, c.broker_credential,
-                          {flt: 0 for flt in self.filters}, Context(), batch_size=5000)
+        config = MqttSourceConfig.model_validate({
+            "type": "mqtt", "broker": broker, "credential": c.broker_credential,
+            "subscriptions": {flt: 0 for flt in self.filters}, "batch-size": 5000})
+        return MqttSource("dashboard", config, Context())
 
     async def run(self) -> None:
         """Connect, subscribe and ingest until cancelled."""
