@@ -197,6 +197,9 @@ def one_run(broker: dict, workdir: Path, name: str, args: argparse.Namespace,
             browser = pw.chromium.launch(executable_path=chromium, args=flags)
             page = browser.new_page(viewport={"width": 1600, "height": 1000})
             page.goto(f"http://127.0.0.1:{dash_port}/")
+        broker_pid = int((workdir / "services" / "mosquitto" / "mosquitto.pid").read_text())
+        broker_cpu0 = cpu_seconds(broker_pid)
+        load0 = os.getloadavg()[0]
         cpu0 = cpu_seconds(pipeline.pid)
         dash_cpu0 = cpu_seconds(dashboard.pid) if dashboard else 0.0
         browser_cpu0 = browser_cpu_seconds() if browser is not None else 0.0
@@ -227,6 +230,7 @@ def one_run(broker: dict, workdir: Path, name: str, args: argparse.Namespace,
                 time.sleep(0.5)
         total = int(last_value)
         cpu = cpu_seconds(pipeline.pid) - cpu0
+        broker_cpu = cpu_seconds(broker_pid) - broker_cpu0
         first = next(t for t, v in samples if v > 0)
         last = next(t for t, v in samples if v >= total)
         assert published_at is not None
@@ -242,6 +246,8 @@ def one_run(broker: dict, workdir: Path, name: str, args: argparse.Namespace,
             "publish_s": round(published_at, 2),
             "offered_msgs_per_s": round(load.sent / load.duration),
             "pipeline_cpu_s_per_100k": round(cpu / total * 100_000, 2),
+            "broker_cpu_s_per_100k": round(broker_cpu / total * 100_000, 2),
+            "loadavg_1min_before_after": [round(load0, 1), round(os.getloadavg()[0], 1)],
         }
         if dashboard is not None:
             out["dashboard_cpu_s_per_100k"] = round(

@@ -420,3 +420,19 @@ async def test_target_in_flight_counts_messages_until_the_write_returns(tmp_path
     Slow.gate.set()
     await asyncio.gather(first, second)
     assert path.stats.in_flight == 0 and path.stats.accepted == 5
+
+
+def test_sampled_windows_give_the_rates_and_retained_repeats_are_not_counted():
+    view = UnsView(alert_filters=["al/#"])
+    view.ingest("p/a/l/m1/speed", b"5", True)  # retained, at the first subscription
+    start = view.sample_start()
+    for _ in range(30):
+        view.ingest("p/a/l/m1/speed", b"6", False)
+    assert view.sample_end(start, 2.0) == 15.0
+    assert view.topics["p/a/l/m1/speed"].rate == 15.0
+    view.sampling = 0.2
+    view.ingest("p/a/l/m2/speed", b"7", True)
+    view.ingest("p/a/l/m2/speed", b"7", True)  # the same retained message, resubscribed
+    assert view.topics["p/a/l/m2/speed"].count == 1 and view.redelivered == 1
+    view.tick()  # a tick while sampling keeps the windows' rates
+    assert view.topics["p/a/l/m1/speed"].rate == 15.0

@@ -70,13 +70,16 @@ def _broker(text: str) -> tuple[str, int]:
 @click.option("--nice", "niceness", default=10, show_default=True, type=click.IntRange(0, 19),
               help="Lower this process's CPU priority by this much, so that on a shared "
               "machine the pipeline wins every contest for CPU (0: leave it).")
+@click.option("--max-rate", default=2000.0, show_default=True, type=click.FloatRange(0),
+              help="Sensor messages per second read in full; above, the sensor topics are "
+              "sampled (subscribed part of the time; alerts always). 0: read everything.")
 @click.option("--points", default=300, show_default=True, type=click.IntRange(10, 100000),
               help="Points kept per chart.")
 def dashboard_command(configs: tuple[str, ...], broker: str | None, subscribe: tuple[str, ...],
                       alerts: tuple[str, ...], metrics_url: tuple[str, ...],
                       lakes: tuple[str, ...], limits: tuple[str, ...], host: str, port: int,
                       token: str | None, update_interval: float, niceness: int,
-                      points: int) -> None:
+                      max_rate: float, points: int) -> None:
     """Serve the live line dashboard until SIGINT or SIGTERM.
 
     It subscribes to the UNS itself (QoS 0, never the pipeline's session or
@@ -125,6 +128,7 @@ def dashboard_command(configs: tuple[str, ...], broker: str | None, subscribe: t
         config.limits[sensor] = (above, below)
     config.host, config.port, config.token = host, port, token
     config.update_interval, config.history = update_interval, points
+    config.max_rate = max_rate
 
     def started() -> None:
         shown = f"[{host}]" if ":" in host else host

@@ -74,9 +74,10 @@ class DashboardConfig:
     port: int = 8050
     token: str | None = None
     update_interval: float = 1.0  # seconds between two updates sent to a page
-    points_per_second: float = 10.0  # most chart points kept per sensor and second
+    points_per_second: float = 2.0  # most chart points kept per sensor and second
     history: int = 300  # points per chart
     scrape_interval: float = 1.0  # seconds between two reads of a pipeline's /metrics
+    max_rate: float = 2000.0  # sensor messages per second read in full; above, sampled (0: all)
     max_topics: int = 20000
 
 

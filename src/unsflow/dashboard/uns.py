@@ -16,6 +16,13 @@ Bounds (whatever the message rate):
 - at most ``history`` points per series, ``MAX_ALERTS`` recent alerts, and
   ``MAX_ALERTS_PER_TICK`` new alerts parsed per tick (the rest are counted).
 
+When the feed samples the UNS (:mod:`unsflow.dashboard.mqtt`: above a message
+rate budget it subscribes to the sensor topics for part of each period only),
+``sampling`` is that share, topic rates are measured over the subscribed
+windows (:meth:`UnsView.sample_start`, :meth:`UnsView.sample_end`), and the
+retained messages a broker sends again at each subscription are not counted
+twice nor charted again.
+
 What counts as a reading (a chart point):
 
 - UNS JSON: ``.../enterprise/site/area/line/machine/sensor`` with an object
@@ -257,6 +264,8 @@ class UnsView:
         self.alerts_skipped = 0
         self.untracked = 0
         self.messages = 0
+        self.sampling = 1.0  # share of the time the sensor topics are subscribed
+        self.redelivered = 0  # retained messages sent again at a resubscription
         self._pending_alerts: deque[tuple[str, bytes]] = deque(maxlen=MAX_ALERTS_PER_TICK)
         self._lock = threading.Lock()
         self._clock = clock
@@ -286,6 +295,9 @@ class UnsView:
                 return
             alert = any(matches(f, topic) for f in self.alert_filters)
             entry = self.topics[topic] = _Topic(topic, alert)
+        if retain and entry.count and self.sampling < 1.0 and payload == entry.last:
+            self.redelivered += 1  # the broker sent its retained message again (resubscribed)
+            return
         entry.count += 1
         entry.retained = retain
         entry.last = payload
@@ -321,8 +333,9 @@ class UnsView:
                     entry.pending = []
                 delta = entry.count - entry.counted
                 entry.counted = entry.count
-                entry.rate = 0.5 * entry.rate + 0.5 * (delta / elapsed) if entry.rate else \
-                    delta / elapsed
+                if self.sampling >= 1.0 or entry.alert:
+                    entry.rate = 0.5 * entry.rate + 0.5 * (delta / elapsed) if entry.rate \
+                        else delta / elapsed
                 if delta and not entry.alert:
                     entry.stride = max(1, math.ceil((delta / elapsed) / self.points_per_second))
                 if entry.changed:
@@ -370,6 +383,23 @@ class UnsView:
         return {"series": [{**s.meta(), "points": [list(p) for p in s.points]}
                            for s in self.series.values()],
                 "alerts": list(self.alerts), "alerts_total": self.alerts_total}
+
+    def sample_start(self) -> dict[str, int]:
+        """The message count of every topic, at the start of a subscribed window."""
+        with self._lock:
+            return {t: e.count for t, e in self.topics.items() if not e.alert}
+
+    def sample_end(self, start: dict[str, int], seconds: float) -> float:
+        """Set the topics' rates from a subscribed window; return the window's total rate."""
+        total = 0
+        with self._lock:
+            for topic, entry in self.topics.items():
+                if entry.alert:
+                    continue
+                delta = entry.count - start.get(topic, 0)
+                total += delta
+                entry.rate = delta / seconds if seconds > 0 else 0.0
+        return total / seconds if seconds > 0 else 0.0
 
     def rate_of(self, topic_filter: str) -> float:
         """Messages per second (at the last tick) of the topics matching ``topic_filter``."""

@@ -55,10 +55,12 @@
   function setStatus(s) {
     if (!s) return;
     const ok = !!s.connected;
-    statusEl.className = "status " + (ok ? "ok" : "bad");
+    const sampled = ok && s.sampling !== undefined && s.sampling < 1
+      ? " · sampled: " + Math.round(s.sampling * 100) + "% of ~" + num(s.uns_rate, 0) + " msg/s" : "";
+    statusEl.className = "status " + (ok ? "ok" : "bad") + (sampled ? " sampled" : "");
     statusEl.textContent = (s.broker ? "MQTT " + s.broker : "no broker") +
       (ok ? " · " + num(s.messages, 0) + " messages · " + num(s.topics, 0) + " topics"
-          : " · " + (s.error || "not connected"));
+          : " · " + (s.error || "not connected")) + sampled;
   }
   function connect(params, handlers) {
     const es = new EventSource("/api/events?" + new URLSearchParams(params));
