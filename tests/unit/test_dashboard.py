@@ -382,7 +382,8 @@ def test_demo_configs_are_valid(tmp_path, kafka):
     for config in configs.values():
         parse_config(json.loads(json.dumps(config)), env={})
     (tmp_path / "sensors.yaml").write_text(sensors_yaml(state, tmp_path, 1.0))
-    sim = load_simulator_config(tmp_path / "sensors.yaml", {})
+    sim = load_simulator_config(tmp_path / "sensors.yaml", {"host": "127.0.0.1", "port": 1883,
+                                                            "prefix": "t/x"})
     assert [m.name for m in sim.machines] == ["press-1", "press-2", "extruder-1", "extruder-2"]
     assert {s.name: s.enabled for s in sim.sensors} == {"vibration": True, "temperature": False}
     dash = from_pipelines([str(tmp_path / n) for n in configs],

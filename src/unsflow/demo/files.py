@@ -108,9 +108,7 @@ def sensors_yaml(state: DemoState, directory: Path, interval: float) -> str:
 # Switch the temperature sensors on: change `enabled: false` to `enabled: true`
 # under temperature below and save. The simulator reads this file again within
 # a second; the dashboard shows the new charts as the readings arrive.
-host: {state.broker_host}
-port: {state.broker_port}
-prefix: "{state.prefix}"
+# (The broker and the topic prefix come from `unsflow demo`'s options.)
 interval: {interval:g}
 seed: {int(state.demo_id, 16) % 100000}
 ground-truth: {json.dumps(str(directory / "truth.jsonl"))}

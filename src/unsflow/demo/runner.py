@@ -148,7 +148,9 @@ class Demo:
         config_args = [arg for c in configs for arg in ("--config", str(c))]
         dash = self._start("dashboard", [*cli, "dashboard", *config_args, "--host", "127.0.0.1",
                                          "--port", str(o.port)])
-        self._start("simulator", [*cli, "simulate", "--config", str(directory / "sensors.yaml")])
+        self._start("simulator", [*cli, "simulate", "--config", str(directory / "sensors.yaml"),
+                                  "--host", state.broker_host, "--port", str(state.broker_port),
+                                  *(["--prefix", state.prefix] if state.prefix else [])])
         url = f"http://127.0.0.1:{o.port}/"
         if not self._wait_http(url + "healthz", URL_TIMEOUT, dash):
             return self._failed(dash, "the dashboard did not answer")
