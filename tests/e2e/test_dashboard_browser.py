@@ -139,6 +139,14 @@ def test_pages_load_without_console_errors(browser, line):
         answer = w.page.goto(line.url + path)
         assert answer is not None and answer.status == 200
         w.page.wait_for_selector(selector)
+        if path == "/uns":  # the selected topic's last payload, in full
+            w.page.click(f"{selector} > .row")
+            detail = w.page.wait_for_selector("#detail pre")
+            assert json.loads(detail.inner_text())["value"] == 14.0
+            w.page.fill("#filter", "no-such-topic")
+            w.page.wait_for_selector("#topic-count:has-text('0 topic(s)')")
+            w.page.fill("#filter", "m-first")
+            w.page.wait_for_selector(selector)
         w.page.wait_for_timeout(500)  # a second round of updates, for errors they may cause
         w.shot(f"dashboard-{(path.strip('/') or 'line')}")
     assert w.problems == []
