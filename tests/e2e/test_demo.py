@@ -118,6 +118,22 @@ def test_demo_live_charts_alert_temperature_switch_stop_and_reuse(browser, mqtt_
     w.shot("demo-live-charts-and-alert")
     print(f"\nunsflow demo: URL after {at:.1f} s, first anomaly alert after {alert_at:.1f} s")
 
+    # `unsflow serve` serves the first model.
+    _, served = demo.wait_for(r"inference server (http://\S+)", timeout=5)
+    import httpx
+
+    deadline, model = time.monotonic() + 30, None
+    while time.monotonic() < deadline:
+        try:
+            model = httpx.get(served.group(1), trust_env=False, timeout=5)
+            if model.status_code == 200:
+                break
+        except httpx.HTTPError:
+            pass
+        time.sleep(0.3)
+    assert model is not None and model.status_code == 200, model and model.text
+    assert model.json()["versions"] == ["1"] and model.json()["version"] == "1"
+
     # The seed's config change: temperature on, by editing the file the demo printed.
     demo.wait_for(r"switch the temperature sensors on: edit (\S+sensors\.yaml)", timeout=5)
     sensors = directory / "sensors.yaml"
