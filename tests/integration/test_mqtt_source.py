@@ -14,6 +14,8 @@ from unsflow.errors import AccessDenied
 from unsflow.sources.mqtt import MqttSource, MqttSourceConfig
 from unsflow.testing import publish, publish_numbered
 
+pytestmark = pytest.mark.integration
+
 
 def source(broker, filters: dict[str, int], **kw) -> MqttSource:
     cfg = BrokerConfig.model_validate({"host": broker.host, "port": broker.port, **kw})

@@ -117,6 +117,10 @@ METRICS: list[MetricSpec] = [
     # Lines appended to the dead-letter file.
     MetricSpec("unsflow_dead_letter_total", "counter", (),
                "Messages written to the dead-letter file."),
+    # 1 while the dead-letter file cannot be written (full or read-only disk): the batches
+    # that need it wait, retried, and acknowledgements are held.
+    MetricSpec("unsflow_dead_letter_failing", "gauge", (),
+               "1 while the dead-letter file cannot be written (acknowledgements held)."),
     # Messages that matched no subscription's target (should stay 0).
     MetricSpec("unsflow_unrouted_total", "counter", (),
                "Messages that matched no subscription."),
@@ -191,6 +195,8 @@ class PipelineCollector:
             HistogramMetricFamily,
         )
 
+        from unsflow.engine.health import readiness
+
         p = self.pipeline
         families: dict[str, Any] = {}
         for spec in METRICS:
@@ -251,6 +257,7 @@ class PipelineCollector:
                 [stage], buckets.cumulative(), buckets.sum)
 
         add("unsflow_dead_letter_total", [], p.dead_letter.count)
+        add("unsflow_dead_letter_failing", [], 1 if p.dead_letter.failing else 0)
         add("unsflow_unrouted_total", [], p.unrouted)
         for flt, when in p.last_message_at.items():
             add("unsflow_last_message_timestamp_seconds", [flt], when)
@@ -259,7 +266,7 @@ class PipelineCollector:
         add("unsflow_config_generation", [], p.generation)
         if p.config_hash:
             add("unsflow_config_info", [p.config_hash], 1)
-        add("unsflow_ready", [], 1 if all_ready and p.sources else 0)
+        add("unsflow_ready", [], 1 if all_ready and p.sources and readiness(p)[0] else 0)
         yield from families.values()
 
 

@@ -35,8 +35,8 @@ from unsflow.engine.backoff import Backoff
 from unsflow.engine.deadletter import DeadLetter
 from unsflow.engine.metrics import LatencyBuckets
 from unsflow.engine.order import Turnstile
-from unsflow.engine.spool import Spool, SpoolEntry, SpoolFull
-from unsflow.errors import ComponentError, PermanentError, TransientError
+from unsflow.engine.spool import Spool, SpoolEntry
+from unsflow.errors import ComponentError, PermanentError, SpoolFull, TransientError
 from unsflow.message import Failure, Message
 from unsflow.processors.base import Processor
 from unsflow.targets.base import Target
@@ -105,7 +105,8 @@ class TargetPath:
 
     def __init__(self, target: Target, processors: list[Processor], dead_letter: DeadLetter,
                  *, backoff_initial: float = 0.2, backoff_max: float = 30.0,
-                 spool: Spool | None = None) -> None:
+                 spool: Spool | None = None,
+                 on_fatal: Callable[[str, BaseException], None] | None = None) -> None:
         self.target = target
         self._next_ticket = 0
         self._processors: list[Processor] = []
@@ -113,6 +114,8 @@ class TargetPath:
         self.processors = processors
         self.dead_letter = dead_letter
         self.spool = spool
+        # Told when the spool drainer dies of an error (its batches would wait for ever).
+        self.on_fatal = on_fatal
         self._drainer: asyncio.Task[None] | None = None
         self._drain_stop = asyncio.Event()
         self._drain_writing = False
@@ -291,6 +294,18 @@ class TargetPath:
         await asyncio.to_thread(self.spool.open)
         self._drain_stop = asyncio.Event()
         self._drainer = asyncio.create_task(self.drain_spool(), name=f"spool:{self.id}:drainer")
+        self._drainer.add_done_callback(self._drainer_done)
+
+    def _drainer_done(self, task: asyncio.Task[None]) -> None:
+        if task.cancelled() or task.exception() is None:
+            return
+        exc = task.exception()
+        assert exc is not None
+        what = f"the spool drainer of target {self.id!r} failed: {type(exc).__name__}: {exc}"
+        if self.on_fatal is not None:
+            self.on_fatal(what, exc)
+        else:
+            log.critical("%s; spooled batches are not drained", what)
 
     async def stop_spool(self, timeout: float) -> None:
         """Stop the drainer: a write in progress gets ``timeout`` seconds, then is cancelled

@@ -37,6 +37,7 @@ from unsflow.engine.health import HealthServer
 from unsflow.engine.path import TargetPath
 from unsflow.engine.spool import Spool
 from unsflow.engine.topics import TopicMatcher
+from unsflow.errors import DeliveryFailed, NotRunning, UnsflowError
 from unsflow.message import Message
 from unsflow.processors.base import Processor
 from unsflow.sources.base import Source
@@ -141,7 +142,7 @@ class Pipeline:
         cls = registry.load("targets", tcfg.type)
         chain = [self.processors[p] for p in tcfg.processors]
         return TargetPath(cls(name, tcfg, self.context), chain, self.dead_letter,
-                          spool=build_spool(config, name))
+                          spool=build_spool(config, name), on_fatal=self.fail_delivery)
 
     def build_named_source(self, name: str, scfg: Any) -> Source:
         """A source of the ``sources`` section."""
@@ -288,12 +289,18 @@ class Pipeline:
         if task.cancelled() or self._fatal is None or self._fatal.done():
             return
         exc = task.exception()
-        self._fatal.set_exception(exc or RuntimeError(f"{task.get_name()} ended"))
+        self._fatal.set_exception(exc or UnsflowError(
+            f"{task.get_name()} ended: a source's read() returned for good"))
 
     def fail(self, exc: BaseException) -> None:
         """Stop the pipeline with ``exc`` (``run`` raises it)."""
         if self._fatal is not None and not self._fatal.done():
             self._fatal.set_exception(exc)
+
+    @property
+    def reloading(self) -> bool:
+        """A reload is being applied (reading stopped; draining, or swapping components)."""
+        return self._reload_task is not None
 
     @property
     def stopping_on_error(self) -> bool:
@@ -306,14 +313,15 @@ class Pipeline:
 
         Returns the :class:`~unsflow.engine.swap.ReloadPlan` applied; raises
         :class:`~unsflow.errors.ReloadFailed` when the new components
-        could not start (the old config is running again). Call it from a task
-        of its own (the config watcher's): a stop cancels that task.
+        could not start (the old config is running again), and
+        :class:`~unsflow.errors.NotRunning` while the pipeline starts or stops. Call it
+        from a task of its own (the config watcher's): a stop cancels that task.
         """
         from unsflow.engine.swap import apply
 
         async with self._reload_lock:
             if not self.running:
-                raise RuntimeError("the pipeline is not running")
+                raise NotRunning("the pipeline is not running (starting or stopping)")
             self._reload_task = asyncio.current_task()
             try:
                 return await apply(self, config, config_hash)
@@ -345,8 +353,25 @@ class Pipeline:
     def _task_done(self, task: asyncio.Task[None], budget: "_Budget", count: int) -> None:
         self._tasks.discard(task)
         budget.give(count)
-        if not task.cancelled() and task.exception() is not None:
-            log.error("delivery task %s failed: %r", task.get_name(), task.exception())
+        if task.cancelled():
+            return  # a stop or a reload's drain timeout: the source delivers it again
+        exc = task.exception()
+        if exc is not None:
+            # Neither delivered nor dead-lettered: its ack can never be sent, and the source
+            # acknowledges in order, so nothing after it would be either. Stop, loudly.
+            self.fail_delivery(f"delivery task {task.get_name()} failed: "
+                               f"{type(exc).__name__}: {exc}", exc)
+
+    def fail_delivery(self, what: str, cause: BaseException) -> None:
+        """Stop the pipeline with :class:`~unsflow.errors.DeliveryFailed` (``run`` raises it):
+        a batch that can be neither delivered nor dead-lettered must not stall its source."""
+        log.critical("%s; stopping: the batch can be neither delivered nor dead-lettered, so "
+                     "it and every later batch of its source would never be acknowledged "
+                     "(the source delivers them again after a restart)", what)
+        error = DeliveryFailed(f"{what}; stopping (unacknowledged messages are delivered "
+                               "again after a restart)")
+        error.__cause__ = cause
+        self.fail(error)
 
     def route(self, messages: list[Message]) -> dict[str, list[Message]]:
         """Split a batch by topic filters; each distinct target gets a message once."""

@@ -85,8 +85,9 @@ class MqttSourceConfig(ComponentConfig):
                                           description="Topic filter to subscription QoS.")
     batch_size: int = Field(2000, ge=1, le=100000,
                             description="Most messages in one batch.")
-    max_pending: int = Field(64, ge=1, description="Batches read from the socket and not yet "
-                             "taken by the engine before reading pauses (QoS 0 backpressure).")
+    max_pending: int = Field(default=64, ge=1, description="Batches read from the socket and "
+                             "not yet taken by the engine before reading pauses (QoS 0 "
+                             "backpressure).")
 
     @classmethod
     def from_pipeline(cls, config: PipelineConfig) -> Self:
@@ -212,8 +213,9 @@ class MqttSource(Source[MqttSourceConfig]):
         Added filters and filters whose QoS changed are subscribed (a SUBSCRIBE
         to an existing filter replaces its QoS), removed ones unsubscribed;
         the connection and session stay. Returns once the broker confirmed
-        the new filters (SUBACK); raises :class:`NotConnected` when it did not
-        answer within ``timeout`` seconds and
+        the new filters (SUBACK) and the removal (UNSUBACK): nothing published
+        to a removed filter after that arrives. Raises :class:`NotConnected`
+        when it did not answer within ``timeout`` seconds and
         :class:`~unsflow.errors.PermanentError` (``AccessDenied`` for "not
         authorized") when it refused one. While disconnected, the change is
         recorded and applied on the next connect.
@@ -228,21 +230,21 @@ class MqttSource(Source[MqttSourceConfig]):
         if not self._connected.is_set() or not client.connected:
             self._unsubscribe_pending.update(removed)
             return
-        if removed:
-            client.unsubscribe(removed)
-        if not changed:
-            return
-        waiter = client.subscribe(changed)
+        unsubscribed = client.unsubscribe(removed) if removed else None
+        subscribed = client.subscribe(changed) if changed else None
         # While the pipeline does not read (a reload), batches pile up and the socket is
-        # paused: the SUBACK would wait behind them forever. Read on until it arrives
+        # paused: the answers would wait behind them forever. Read on until they arrive
         # (memory stays bounded by receive-maximum for QoS 1/2).
         self._hold_open = True
         client.resume_reading()
         try:
-            codes = await asyncio.wait_for(waiter, timeout)
+            if unsubscribed is not None:
+                await asyncio.wait_for(unsubscribed, timeout)
+            codes = await asyncio.wait_for(subscribed, timeout) if subscribed else ()
         except TimeoutError:
-            raise NotConnected(f"no SUBACK within {timeout:g}s for "
-                               f"{', '.join(changed)}", component_id=self.id) from None
+            what = ", ".join([*changed, *(f"-{f}" for f in removed)])
+            raise NotConnected(f"no SUBACK/UNSUBACK within {timeout:g}s for {what}",
+                               component_id=self.id) from None
         finally:
             self._hold_open = False
             self._pause_if_full()
