@@ -301,7 +301,11 @@ def test_pipeline_view_marks_a_failing_target_down_and_follows_reloads(tmp_path)
 
 
 def _client(token):
-    from starlette.testclient import TestClient
+    import warnings
+
+    with warnings.catch_warnings():  # starlette's note about httpx vs httpx2, not ours
+        warnings.filterwarnings("ignore", message="Using `httpx` with `starlette.testclient`")
+        from starlette.testclient import TestClient
 
     from unsflow.dashboard.app import create_app
     from unsflow.dashboard.hub import Hub
