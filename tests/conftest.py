@@ -322,6 +322,45 @@ def kafka_topic(request: pytest.FixtureRequest) -> str:
     return f"t.{name}.{uuid.uuid4().hex[:8]}"
 
 
+@dataclass(frozen=True)
+class OpcuaServer:
+    """The test OPC UA server (Eclipse Milo, scripts/services.d/opcua.sh)."""
+
+    endpoint: str
+    port: int
+    username: str
+    password: str
+    env: dict[str, str] = field(default_factory=dict, repr=False, compare=False)
+
+    def start(self) -> None:
+        services("up", "opcua", self.env or None)
+
+    def stop(self) -> None:
+        services("down", "opcua", self.env or None)
+
+
+def _opcua(info: dict[str, Any], env: dict[str, str] | None = None) -> OpcuaServer:
+    return OpcuaServer(info["endpoint"], int(info["port"]), info["username"], info["password"],
+                       env or {})
+
+
+@pytest.fixture(scope="session")
+def opcua_server() -> OpcuaServer:
+    """The shared OPC UA server, started if it is not running. Never stop it in a test."""
+    return _opcua(services_up("opcua"))
+
+
+@pytest.fixture(scope="module")
+def own_opcua_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[OpcuaServer]:
+    """An OPC UA server of this module's own, which its tests may stop and start."""
+    env = dict(os.environ)
+    env.update(UNSFLOW_SERVICES_DIR=str(tmp_path_factory.mktemp("opcua-services")),
+               UNSFLOW_OPCUA_PORT=str(_free_ports(1)[0]))
+    server = _opcua(services_up("opcua", env), env)
+    yield server
+    services("down", "opcua", env)
+
+
 def pytest_collection_finish(session: pytest.Session) -> None:
     """Build MinIO before the first test that needs it, when it is not built yet.
 

@@ -137,6 +137,27 @@ METRICS: list[MetricSpec] = [
     # Always 1; the label is the SHA-256 of the running config's file (or inline text).
     MetricSpec("unsflow_config_info", "gauge", ("sha256",),
                "1, labelled with the SHA-256 of the running config's content."),
+    # Sparkplug B (processor sparkplug): a seq that did not follow the edge node's last one.
+    MetricSpec("unsflow_sparkplug_sequence_gaps_total", "counter",
+               ("processor", "group", "edge_node"),
+               "Sparkplug messages whose seq did not follow the edge node's previous one."),
+    # Rebirth requests (NCMD Node Control/Rebirth) published to an edge node.
+    MetricSpec("unsflow_sparkplug_rebirth_requests_total", "counter",
+               ("processor", "group", "edge_node"),
+               "Rebirth requests published to the edge node (its BIRTH was missed)."),
+    # DATA messages dead-lettered because an alias was never announced by a BIRTH.
+    MetricSpec("unsflow_sparkplug_unknown_alias_total", "counter", ("processor",),
+               "Sparkplug DATA messages with an alias no BIRTH announced (dead-lettered)."),
+    # 1 after a BIRTH, 0 after a DEATH (a node's DEATH takes its devices offline).
+    MetricSpec("unsflow_sparkplug_online", "gauge",
+               ("processor", "group", "edge_node", "device"),
+               "1 when the Sparkplug edge node (device empty) or device is online, else 0."),
+    # OPC UA source: connections lost and made again (server restart, network).
+    MetricSpec("unsflow_opcua_reconnects_total", "counter", ("source",),
+               "Times the OPC UA source connected again and re-created its subscription."),
+    # Configured nodes the source could not monitor (unknown node id, unsupported type).
+    MetricSpec("unsflow_opcua_bad_nodes", "gauge", ("source",),
+               "Configured OPC UA nodes not monitored (unknown node, unsupported type)."),
     # 1 when every source is ready and no spool is full (what /readyz answers 200 for).
     MetricSpec("unsflow_ready", "gauge", (),
                "1 when every source is connected and subscribed and no spool is full."),
@@ -256,6 +277,12 @@ class PipelineCollector:
             families["unsflow_batch_seconds"].add_metric(
                 [stage], buckets.cumulative(), buckets.sum)
 
+        # Components with metrics of their own (sparkplug, opcua) yield (name, labels, value).
+        for component in [*p.sources, *p.processors.values()]:
+            samples = getattr(component, "metric_samples", None)
+            if samples is not None:
+                for name, labels, value in samples():
+                    add(name, labels, value)
         add("unsflow_dead_letter_total", [], p.dead_letter.count)
         add("unsflow_dead_letter_failing", [], 1 if p.dead_letter.failing else 0)
         add("unsflow_unrouted_total", [], p.unrouted)

@@ -6,10 +6,13 @@ target path runs concurrently; when all paths of the batch are done the
 source acknowledges the batch. At most ``max-in-flight`` messages per source are in
 flight; beyond that the pipeline stops reading (backpressure).
 
-Stop: the source stops being read, in-flight batches get ``shutdown_timeout``
-seconds to finish, targets flush and close, and the source disconnects
-without unsubscribing. Whatever was not acknowledged is redelivered by the
-broker to the next run.
+Stop: first each source gives back its share of a group others go on
+consuming (:meth:`Source.leave <unsflow.sources.base.Source.leave>`: MQTT
+``$share`` filters are unsubscribed while reading goes on, up to 40% of
+``shutdown_timeout``); then the source stops being read, in-flight batches
+get the rest of ``shutdown_timeout`` to finish, targets flush and close, and
+the source disconnects without unsubscribing its other filters. Whatever
+was not acknowledged is redelivered by the broker to the next run.
 
 Reload: :meth:`Pipeline.reload` swaps to a new config while running
 (:mod:`unsflow.engine.swap`): reading stops, in-flight batches finish and are
@@ -252,9 +255,27 @@ class Pipeline:
                 # A reload still connecting or draining: stopping wins.
                 reload_task.cancel()
                 await asyncio.gather(reload_task, return_exceptions=True)
+            deadline = self.config.shutdown_timeout
+            left = 0.0
+            if not self.stopping_on_error:
+                left = await self._leave_groups(deadline * 0.4)
             await self.stop_readers()
             await asyncio.gather(stopper, return_exceptions=True)
-            await self.shutdown()
+            await self.shutdown(deadline - left)
+
+    async def _leave_groups(self, timeout: float) -> float:
+        """Let each source give back its share of a consumer group while its reader
+        still runs (see ``Source.leave``); returns the seconds it took."""
+        loop = asyncio.get_running_loop()
+        began = loop.time()
+        for source in self.sources:
+            if source not in self._readers:
+                continue
+            try:
+                await source.leave(max(0.0, timeout - (loop.time() - began)))
+            except Exception:  # stopping: report and go on stopping
+                log.exception("[%s] error while leaving its group", source.id)
+        return loop.time() - began
 
     async def _close_started(self) -> None:
         """Close, newest first, the components a start that did not finish had started."""
@@ -427,10 +448,11 @@ class Pipeline:
                                    for n, b in groups.items()))
         source.ack(token)
 
-    async def shutdown(self) -> None:
-        """Drain in-flight batches within the deadline, flush targets, disconnect."""
+    async def shutdown(self, deadline: float | None = None) -> None:
+        """Drain in-flight batches within ``deadline`` seconds (default
+        ``shutdown_timeout``), flush targets, disconnect."""
         self.running = False
-        deadline = self.config.shutdown_timeout
+        deadline = self.config.shutdown_timeout if deadline is None else deadline
         pending: set[asyncio.Task[None]] = set(self._tasks)
         if pending:
             log.info("stopping: waiting up to %.0fs for %d in-flight batch(es)",
