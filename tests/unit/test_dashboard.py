@@ -441,3 +441,33 @@ def test_sampled_windows_give_the_rates_and_retained_repeats_are_not_counted():
     assert view.topics["p/a/l/m2/speed"].count == 1 and view.redelivered == 1
     view.tick()  # a tick while sampling keeps the windows' rates
     assert view.topics["p/a/l/m1/speed"].rate == 15.0
+
+
+def test_options_replace_and_add_to_what_the_configs_say(tmp_path, monkeypatch):
+    from unsflow.dashboard.command import build_config
+
+    path = tmp_path / "p.json"
+    path.write_text(json.dumps({
+        "mqtt-broker": {"host": "uns.plant", "port": 1883},
+        "subscriptions": {"acme/#": {"qos": 1, "target": "alerts"}},
+        "targets": {"alerts": {"type": "mqtt", "topic": "acme/alerts/{record[machine]}",
+                               "processors": ["hot"],
+                               "mqtt-credential": {"secret-name": "x"}}},
+        "processors": {"hot": {"type": "threshold", "match": {"sensor": "t"}, "above": 9}},
+        "http": {"port": 9464}}))
+    scrubber = Scrubber()
+    # As deploy/apps/dashboard runs it: the pipeline in another pod.
+    cfg = build_config([str(path)], scrubber, metrics_url=["http://unsflow-metrics:9464/metrics",
+                                                           "http://other:9464/metrics"],
+                       broker="10.0.0.7:1884", subscribe=["#"], alerts=["x/alerts/+"],
+                       lakes=[str(tmp_path)], limits=["t=1:5"])
+    assert [p.metrics_url for p in cfg.pipelines] == ["http://unsflow-metrics:9464/metrics",
+                                                      "http://other:9464/metrics"]
+    assert cfg.pipelines[0].targets["alerts"]["type"] == "mqtt"  # still the config's
+    assert (cfg.broker_host, cfg.broker_port, cfg.subscribe) == ("10.0.0.7", 1884, ["#"])
+    assert cfg.alerts == ["acme/alerts/+", "x/alerts/+"]
+    assert cfg.limits == {"t": (5.0, 1.0)} and cfg.lakes == [str(tmp_path.resolve())]
+    monkeypatch.setenv("EDGE_BROKER_HOST", "edge.local")
+    monkeypatch.setenv("EDGE_MQTT_PORT", "1999")
+    bare = build_config([], Scrubber())
+    assert (bare.broker_host, bare.broker_port, bare.pipelines) == ("edge.local", 1999, [])

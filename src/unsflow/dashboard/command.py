@@ -3,16 +3,23 @@
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import os
 import sys
+from collections.abc import Sequence
+from typing import TYPE_CHECKING
 
 import click
 
 from unsflow.dashboard.config import TOKEN_ENV
 from unsflow.errors import ConfigError, MissingDependency, SecretError, UnsflowError
 
-__all__ = ["dashboard_command", "parse_limit"]
+if TYPE_CHECKING:
+    from unsflow.dashboard.config import DashboardConfig
+    from unsflow.dashboard.redact import Scrubber
+
+__all__ = ["build_config", "dashboard_command", "parse_limit"]
 
 
 def parse_limit(text: str) -> tuple[str, float | None, float | None]:
@@ -41,6 +48,50 @@ def _broker(text: str) -> tuple[str, int]:
     return host.strip("[]"), int(port)
 
 
+def build_config(configs: list[str], scrubber: Scrubber, *, broker: str | None = None,
+                 subscribe: Sequence[str] = (), alerts: Sequence[str] = (),
+                 metrics_url: Sequence[str] = (), lakes: Sequence[str] = (),
+                 limits: Sequence[str] = ()) -> DashboardConfig:
+    """The dashboard config from pipeline config files and the options (the command's).
+
+    Every secret-looking value of the files is told to ``scrubber``. Raises
+    :class:`ConfigError` for a config that does not validate.
+    """
+    from pathlib import Path
+
+    import yaml
+
+    from unsflow.config import load_config
+    from unsflow.dashboard.config import DashboardConfig, PipelineSource, from_pipelines
+    from unsflow.dashboard.redact import redact
+
+    loaded = []
+    for path in configs:
+        loaded.append(load_config(path))
+        redact(yaml.safe_load(Path(path).read_text(encoding="utf-8")), scrubber)
+    config = from_pipelines(configs, loaded) if configs else DashboardConfig()
+    if not configs:
+        config.broker_host, config.broker_port = _broker(
+            f"{os.environ.get('EDGE_BROKER_HOST') or 'localhost'}:"
+            f"{os.environ.get('EDGE_MQTT_PORT') or 1883}")
+    if broker:
+        config.broker_host, config.broker_port = _broker(broker)
+    if subscribe:
+        config.subscribe = list(subscribe)
+    config.alerts += [a for a in alerts if a not in config.alerts]
+    for i, url in enumerate(metrics_url):
+        if i < len(config.pipelines):
+            config.pipelines[i] = dataclasses.replace(config.pipelines[i], metrics_url=url)
+        else:
+            config.pipelines.append(PipelineSource(f"pipeline-{i + 1}", None, url))
+    config.lakes += [str(Path(p).resolve()) for p in lakes
+                     if str(Path(p).resolve()) not in config.lakes]
+    for text in limits:
+        sensor, above, below = parse_limit(text)
+        config.limits[sensor] = (above, below)
+    return config
+
+
 @click.command("dashboard")
 @click.option("--config", "configs", multiple=True, type=click.Path(dir_okay=False),
               help="A pipeline config (repeatable): its broker, subscriptions, alert topics, "
@@ -54,7 +105,9 @@ def _broker(text: str) -> tuple[str, int]:
               help="Topic filter of alert messages (repeatable; adds to those read off the "
               "configs' mqtt targets).")
 @click.option("--metrics-url", multiple=True, metavar="URL",
-              help="/metrics of a pipeline started without a config file here (repeatable).")
+              help="A pipeline's /metrics (repeatable): the first ones replace the URLs read "
+              "off the --config files, in order (a pipeline in another pod or host); more "
+              "are pipelines of their own.")
 @click.option("--lake", "lakes", multiple=True, type=click.Path(file_okay=False),
               help="A local lake directory (repeatable; adds to the configs' s3 targets).")
 @click.option("--limit", "limits", multiple=True, metavar="SENSOR=HIGH|SENSOR=LOW:HIGH",
@@ -87,45 +140,21 @@ def dashboard_command(configs: tuple[str, ...], broker: str | None, subscribe: t
     the lake's Parquet objects: a process of its own that cannot slow the
     pipeline down.
     """
-    from pathlib import Path
-
-    from unsflow.config import load_config
     from unsflow.dashboard import run_dashboard
-    from unsflow.dashboard.config import DashboardConfig, PipelineSource, from_pipelines
-    from unsflow.dashboard.redact import Scrubber, ScrubFilter, redact
+    from unsflow.dashboard.redact import Scrubber, ScrubFilter
 
     if niceness:
         os.nice(niceness)
     scrubber = Scrubber()
     for handler in logging.getLogger().handlers:
         handler.addFilter(ScrubFilter(scrubber))
-    loaded = []
-    for path in configs:
-        try:
-            loaded.append(load_config(path))
-            # Every secret-looking value of the file, so that no log line or page shows it.
-            import yaml
-
-            redact(yaml.safe_load(Path(path).read_text(encoding="utf-8")), scrubber)
-        except ConfigError as exc:
-            click.echo(scrubber.scrub(str(exc)), err=True)
-            sys.exit(2)
-    config = from_pipelines(list(configs), loaded) if configs else DashboardConfig()
-    if not configs:
-        config.broker_host = os.environ.get("EDGE_BROKER_HOST") or "localhost"
-        config.broker_port = int(os.environ.get("EDGE_MQTT_PORT") or 1883)
-    if broker:
-        config.broker_host, config.broker_port = _broker(broker)
-    if subscribe:
-        config.subscribe = list(subscribe)
-    config.alerts += [a for a in alerts if a not in config.alerts]
-    for i, url in enumerate(metrics_url):
-        config.pipelines.append(PipelineSource(f"pipeline-{i + 1}", None, url))
-    config.lakes += [str(Path(p).resolve()) for p in lakes if str(Path(p).resolve())
-                     not in config.lakes]
-    for text in limits:
-        sensor, above, below = parse_limit(text)
-        config.limits[sensor] = (above, below)
+    try:
+        config = build_config(list(configs), scrubber, broker=broker, subscribe=subscribe,
+                              alerts=alerts, metrics_url=metrics_url, lakes=lakes,
+                              limits=limits)
+    except ConfigError as exc:
+        click.echo(scrubber.scrub(str(exc)), err=True)
+        sys.exit(2)
     config.host, config.port, config.token = host, port, token
     config.update_interval, config.history = update_interval, points
     config.max_rate = max_rate
