@@ -63,7 +63,7 @@ fi
 # built: MinIO from its Go module, Kafka's jars from Maven Central) before
 # pytest, so that no first-time build runs inside a test's timeout.
 # A service that cannot start fails here, loudly, with its log tail.
-bash scripts/services.sh up mosquitto minio moto kafka
+bash scripts/services.sh up mosquitto minio moto kafka chromium
 # The factory-to-core topology's jars (Kafka Connect, Debezium) and PostgreSQL: installed
 # here, started by tests/e2e/test_edge_to_core.py in a data dir of its own.
 bash scripts/services.sh install postgres debezium mm2

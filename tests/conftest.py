@@ -232,6 +232,30 @@ def s3_bucket(minio: AwsEndpoint, request: pytest.FixtureRequest) -> Iterator[st
     s3.delete_bucket(Bucket=bucket)
 
 
+@pytest.fixture(scope="session")
+def chromium() -> str:
+    """The executable of Debian's Chromium (scripts/services.sh up chromium installs it).
+
+    The dashboard's browser tests drive it with Playwright (``executable_path``);
+    Playwright's own browser downloads are never used. Missing, it fails the test.
+    """
+    return str(services_up("chromium")["executable"])
+
+
+@pytest.fixture(scope="module")
+def browser(chromium: str) -> Iterator[Any]:
+    """Headless Chromium for one test module, driven by Playwright (tests/e2e/browser.py)."""
+    from playwright.sync_api import sync_playwright
+
+    from tests.e2e.browser import CHROMIUM_ARGS
+
+    args = [*CHROMIUM_ARGS, *(["--no-sandbox"] if os.geteuid() == 0 else [])]  # root
+    with sync_playwright() as pw:
+        launched = pw.chromium.launch(executable_path=chromium, args=args)
+        yield launched
+        launched.close()
+
+
 @dataclass(frozen=True)
 class KafkaCluster:
     """The test Kafka (KRaft, one node): PLAINTEXT on ``bootstrap``, SASL_SSL SCRAM on ``sasl_bootstrap``."""

@@ -23,6 +23,7 @@
     │   └── ModelCorrupt         an artifact that cannot be read or loaded
     ├── TrainingDataError        the lake or the ground truth cannot give training data
     ├── ProtocolError            an inference request the server rejects; carries the HTTP status
+    ├── DashboardError           a dashboard request that cannot be answered; carries the HTTP status
     ├── MissingDependency        an optional extra is not installed; names the extra
     └── IncompatibleDependency   an installed library lacks a part unsflow relies on (a
                                  renamed private hook); names it and the library version
@@ -60,6 +61,7 @@ __all__ = [
     "ModelCorrupt",
     "TrainingDataError",
     "ProtocolError",
+    "DashboardError",
     "MissingDependency",
     "IncompatibleDependency",
 ]
@@ -179,6 +181,15 @@ class ProtocolError(UnsflowError):
         super().__init__(message)
         self.status = status
         self.message = message
+
+
+class DashboardError(UnsflowError):
+    """A dashboard request that cannot be answered (a lake path outside the lake, a missing
+    object); ``status`` is the HTTP status the dashboard answers with."""
+
+    def __init__(self, message: str, status: int = 400) -> None:
+        super().__init__(message)
+        self.status = status
 
 
 class MissingDependency(UnsflowError):

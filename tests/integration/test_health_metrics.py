@@ -91,6 +91,7 @@ async def test_ready_once_subscribed_and_metrics_count_what_was_published(
         assert got[("unsflow_target_received_total", (("target", "lake"),))] == COUNT + 1
         assert got[("unsflow_target_accepted_total", (("target", "lake"),))] == COUNT
         assert got[("unsflow_target_dead_lettered_total", (("target", "lake"),))] == 1
+        assert got[("unsflow_target_in_flight", (("target", "lake"),))] == 0
         assert got[("unsflow_dead_letter_total", ())] == 1
         assert got[("unsflow_ready", ())] == 1
         last = got[("unsflow_last_message_timestamp_seconds", (("subscription", topic_filter),))]

@@ -72,6 +72,9 @@ METRICS: list[MetricSpec] = [
     # Messages of this target's path written to the dead letter, by any of its stages.
     MetricSpec("unsflow_target_dead_lettered_total", "counter", ("target",),
                "Messages of the target's path sent to the dead letter."),
+    # Messages routed to the target whose path has not finished with them yet.
+    MetricSpec("unsflow_target_in_flight", "gauge", ("target",),
+               "Messages routed to the target and not yet accepted, spooled or dead-lettered."),
     # Retried attempts (transient errors: target down, timeout) on the target's path.
     MetricSpec("unsflow_target_retries_total", "counter", ("target",),
                "Retried attempts on the target's path."),
@@ -244,6 +247,7 @@ class PipelineCollector:
             add("unsflow_target_accepted_total", [name], s.accepted)
             add("unsflow_target_dead_lettered_total", [name], s.dead_lettered)
             add("unsflow_target_retries_total", [name], s.retries)
+            add("unsflow_target_in_flight", [name], s.in_flight)
             spool = path.spool
             if spool is not None:
                 add("unsflow_spool_bytes", [name], spool.bytes)

@@ -92,6 +92,9 @@ class PathStats:
     dead_lettered: int = 0
     retries: int = 0
     last_batch_seconds: float = 0.0
+    # Messages routed to the path whose handle() has not returned (processing, writing,
+    # retrying, waiting for a full spool).
+    in_flight: int = 0
     errors: dict[str, int] = field(default_factory=dict)
     # By stage id (processor:NAME, target:NAME); read by the metrics collector.
     stages: dict[str, StageStats] = field(default_factory=dict)
@@ -154,6 +157,8 @@ class TargetPath:
             ticket = self.ticket()
         started = time.monotonic()
         self.stats.received += len(batch)
+        routed = len(batch)
+        self.stats.in_flight += routed
         gates = self._gates
         reached = 0
         try:
@@ -181,6 +186,7 @@ class TargetPath:
                 self.stats.accepted += len(written)
             self.stats.last_batch_seconds = time.monotonic() - started
         finally:
+            self.stats.in_flight -= routed
             # Ended early (filtered out, dead-lettered, cancelled, failed): later batches
             # must not wait for this one at the stages it never reached.
             for gate in gates[reached:]:
