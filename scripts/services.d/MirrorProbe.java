@@ -18,6 +18,7 @@ import org.apache.kafka.clients.consumer.ConsumerRecord;
 import org.apache.kafka.clients.consumer.KafkaConsumer;
 import org.apache.kafka.common.PartitionInfo;
 import org.apache.kafka.common.TopicPartition;
+import org.apache.kafka.common.errors.TimeoutException;
 import org.apache.kafka.common.errors.AuthenticationException;
 import org.apache.kafka.common.serialization.ByteArrayDeserializer;
 
@@ -47,7 +48,15 @@ public final class MirrorProbe {
             List<TopicPartition> assigned = new ArrayList<>();
             while (System.currentTimeMillis() < deadline) {
                 if (assigned.isEmpty()) {
-                    Map<String, List<PartitionInfo>> topics = consumer.listTopics(Duration.ofSeconds(5));
+                    Map<String, List<PartitionInfo>> topics;
+                    try {
+                        topics = consumer.listTopics(Duration.ofSeconds(5));
+                    } catch (TimeoutException e) {
+                        // A busy machine (JVMs starting beside parallel tests): ask again
+                        // until the deadline, as for a topic that does not exist yet.
+                        last = "no answer to a metadata request within 5 s: " + e.getMessage();
+                        continue;
+                    }
                     List<PartitionInfo> parts = topics.get(topic);
                     if (parts == null) {
                         Thread.sleep(500);
