@@ -52,8 +52,9 @@ def wait_for(predicate: Callable[[], Any], timeout: float, what: str) -> Any:
 @pytest.fixture(scope="module")
 def edge_core(kafka) -> Iterator[EdgeCore]:
     """The topology, with every test's factory topic already mirrored to core."""
-    ec = EdgeCore().start()
+    ec = EdgeCore()
     try:
+        ec.start()  # inside the try: a start that fails half-way stops what it started
         factory_topics = [ec.factory_topic(name) for name in IOT_TOPICS] + ec.cdc_topics(core=False)
         for topic in factory_topics:
             ec.factory.create_topic(topic)
