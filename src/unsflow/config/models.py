@@ -112,6 +112,10 @@ class BrokerConfig(Model):
     tls: TlsConfig | None = Field(None, description="Use TLS with these settings.")
     reconnect_min: float = Field(0.5, gt=0, description="First reconnect delay, seconds.")
     reconnect_max: float = Field(30.0, gt=0, description="Reconnect delay cap, seconds.")
+    client: Literal["asyncio", "gmqtt"] = Field(
+        "asyncio", description="MQTT client implementation: asyncio (unsflow's own protocol "
+        "code: every PUBLISH of a socket read decoded in one pass) or gmqtt (the gmqtt "
+        "library, one callback per message).")
 
     @property
     def persistent(self) -> bool:

@@ -25,10 +25,14 @@ Guarantees:
 
 Batches are cut per network read: every message parsed from one socket read
 joins one batch (up to ``batch_size``), so there is no per-message task or
-timer. The MQTT protocol is behind one adapter (:mod:`unsflow.sources._mqtt_client`,
-gmqtt today): deferred acks, pausing the socket, SUBACK reason codes and the
-ping barrier come from there, and it checks the client library's private
-hooks at start-up.
+timer; while the engine has not taken the last batch yet, later reads join
+it (up to ``batch_size``), so batches grow when the engine is busy and stay
+small (low latency) when it is not. The MQTT protocol is behind one adapter
+(:mod:`unsflow.sources._mqtt_client`): deferred acks, pausing the socket,
+SUBACK reason codes and the ping barrier come from there. Its default client
+(``mqtt-broker.client: asyncio``) decodes a socket read in one pass and hands
+it over as columns; the ``gmqtt`` client calls back per message and has its
+private hooks checked at start-up.
 """
 
 from __future__ import annotations
@@ -39,7 +43,7 @@ import ssl
 import time
 from collections import deque
 from collections.abc import Mapping
-from itertools import chain
+from itertools import chain, repeat
 from typing import TYPE_CHECKING, Any, Literal, Self
 
 from pydantic import Field
@@ -49,8 +53,8 @@ from unsflow.config.models import BrokerConfig, ComponentConfig, SecretRef
 from unsflow.engine.acks import InOrderAcks
 from unsflow.engine.backoff import Backoff
 from unsflow.errors import AccessDenied, NotConnected, PermanentError, SecretError
-from unsflow.message import Message
-from unsflow.sources._mqtt_client import Ack, ClientSettings, GmqttClient, MqttClient
+from unsflow.message import NOT_DECODED, Message
+from unsflow.sources._mqtt_client import Ack, ClientSettings, MqttClient, make_client
 from unsflow.sources.base import Source
 
 if TYPE_CHECKING:
@@ -111,10 +115,13 @@ class MqttSource(Source[MqttSourceConfig]):
         self._client: MqttClient | None = None
         self._pending: list[Message] = []
         self._pending_acks: list[Ack] = []
-        self._batches: deque[tuple[list[Message], int]] = deque()
+        # Batches not yet taken by the engine: (messages, their acks).
+        self._batches: deque[tuple[list[Message], list[Ack]]] = deque()
         self._batch_ready = asyncio.Event()
         self._flush_scheduled = False
-        self._acks: InOrderAcks[list[Ack]] = InOrderAcks()
+        # Taken and not yet acknowledged: per token, the acks and the message count.
+        self._acks: InOrderAcks[tuple[list[Ack], int]] = InOrderAcks()
+        self._unacked = 0
         self._backoff = Backoff(config.broker.reconnect_min, config.broker.reconnect_max)
         self._connected = asyncio.Event()
         self._subscribed = asyncio.Event()
@@ -144,7 +151,8 @@ class MqttSource(Source[MqttSourceConfig]):
             session_expiry=b.session_expiry, receive_maximum=b.receive_maximum,
             keepalive=b.keepalive, tls=ssl_context(b.tls) if b.tls else None,
             username=username, password=password)
-        client = GmqttClient(settings, self, component_id=self.id)
+        client = make_client(b.client, settings, self, component_id=self.id)
+        client.max_batch = self.batch_size
         self._client = client
         while True:
             try:
@@ -203,6 +211,8 @@ class MqttSource(Source[MqttSourceConfig]):
     async def reconfigure(self, config: MqttSourceConfig, timeout: float) -> None:
         await self.update_subscriptions(config.subscriptions, timeout)
         self.batch_size = config.batch_size
+        if self._client is not None:
+            self._client.max_batch = config.batch_size
         self.config = config
 
     async def update_subscriptions(self, subscriptions: Mapping[str, int],
@@ -311,16 +321,50 @@ class MqttSource(Source[MqttSourceConfig]):
             self._flush_scheduled = True
             asyncio.get_running_loop().call_soon(self._flush)
 
+    def mqtt_batch(self, inbound: Any) -> None:
+        """Messages of one socket read as columns (the asyncio client)."""
+        topics, flags, props = inbound.topics, inbound.flags, inbound.properties
+        n = len(topics)
+        first = flags[0]
+        if flags.count(first) == n:  # the usual case: one QoS, no retained messages
+            qos: Any = repeat(first >> 1 & 3)
+            retain: Any = repeat(bool(first & 1))
+        else:
+            qos = [f >> 1 & 3 for f in flags]
+            retain = [bool(f & 1) for f in flags]
+        if props.count(None) == n:
+            properties: Any = (repeat(_FLAG_PROPERTIES[first & 9]) if flags.count(first) == n
+                               else [_FLAG_PROPERTIES[f & 9] for f in flags])
+        else:
+            properties = [_FLAG_PROPERTIES[f & 9] if p is None
+                          else {**p, "dup": f >> 3, "retain": f & 1}
+                          for f, p in zip(flags, props)]
+        messages = list(map(Message, topics, inbound.payloads, qos, retain, repeat(time.time()),
+                            properties, repeat(NOT_DECODED), repeat(self.id)))
+        self._take(messages, [] if inbound.ack is None else [inbound.ack])
+
     # -- batching ----------------------------------------------------------------
 
     def _flush(self) -> None:
         self._flush_scheduled = False
         if not self._pending:
             return
-        seq = self._acks.add(self._pending_acks)
-        self._batches.append((self._pending, seq))
-        self.received += len(self._pending)
+        messages, acks = self._pending, self._pending_acks
         self._pending, self._pending_acks = [], []
+        self._take(messages, acks)
+
+    def _take(self, messages: list[Message], acks: list[Ack]) -> None:
+        """Queue a read's messages for the engine: with the batch it has not taken yet when
+        they fit, else as a new batch."""
+        self.received += len(messages)
+        batches = self._batches
+        if batches:
+            tail_messages, tail_acks = batches[-1]
+            if len(tail_messages) + len(messages) <= self.batch_size:
+                tail_messages.extend(messages)
+                tail_acks.extend(acks)
+                return
+        batches.append((messages, acks))
         self._batch_ready.set()
         self._pause_if_full()
 
@@ -334,25 +378,36 @@ class MqttSource(Source[MqttSourceConfig]):
         while not self._batches:
             self._batch_ready.clear()
             await self._batch_ready.wait()
-        batch = self._batches.popleft()
+        messages, acks = self._batches.popleft()
+        token = self._acks.add((acks, len(messages)))
+        self._unacked += len(messages)
         client = self._client
         if client is not None and client.reading_paused \
                 and len(self._batches) < self.max_pending // 2:
             client.resume_reading()
-        return batch
+        return messages, token
 
     def ack(self, token: int) -> None:
         """Mark batch ``token`` done; send acks for every done batch in arrival order."""
         released = self._acks.done(token)
-        if not released or self._client is None:
+        if not released:
             return
-        sent, stale = self._client.send_acks(chain.from_iterable(released))
+        self._unacked -= sum(count for _, count in released)
+        if self._client is None:
+            return
+        sent, stale = self._client.send_acks(chain.from_iterable(acks for acks, _ in released))
         self.acked += sent
         self.stale_acks += stale
 
     @property
     def in_flight(self) -> int:
-        return sum(len(v) for v in self._acks.items())
+        """Messages handed to the engine and not yet acknowledged."""
+        return self._unacked
+
+
+# The properties of a message without MQTT 5 properties, by its DUP and RETAIN bits: shared
+# dicts (read only), not one per message.
+_FLAG_PROPERTIES = {bits: {"dup": bits >> 3, "retain": bits & 1} for bits in (0, 1, 8, 9)}
 
 
 def suback_error(refused: dict[str, int], component_id: str) -> Exception:
