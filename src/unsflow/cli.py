@@ -95,11 +95,25 @@ def run(config: str | None) -> None:
     except ConfigError as exc:
         click.echo(str(exc), err=True)
         sys.exit(EXIT_CONFIG)
+    _tune_gc()
     try:
         _run_loop(_run(cfg, config, config_hash))
     except (SecretError, MissingDependency, UnsflowError) as exc:
         click.echo(f"unsflow: {exc}", err=True)
         sys.exit(EXIT_FAILED)
+
+
+def _tune_gc() -> None:
+    """Fit the cyclic garbage collector to a stream: what start-up made (modules, classes,
+    the config) is frozen, never scanned again, and the youngest generation is collected
+    every 50,000 allocations instead of 700. Messages live from their socket read to the
+    target's flush; with the default threshold every one was scanned several times on
+    its way (measured: a fifth of the CPU per message of MQTT -> Parquet)."""
+    import gc
+
+    gc.collect()
+    gc.freeze()
+    gc.set_threshold(50_000, 20, 10)
 
 
 def _run_loop(coro: object) -> None:

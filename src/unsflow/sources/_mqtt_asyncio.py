@@ -39,6 +39,7 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
+from unsflow._speedups import speedups
 from unsflow.errors import AccessDenied, NotConnected, PermanentError
 from unsflow.sources import _mqtt_wire as wire
 from unsflow.sources._mqtt_client import ClientSettings, MqttClient, MqttEvents, refusal_error
@@ -50,13 +51,13 @@ log = logging.getLogger("unsflow.sources.mqtt")
 CONNECT_TIMEOUT = 15.0  # seconds for TCP (and TLS) plus the CONNACK
 
 
-def scanner() -> Any:
-    """The PUBLISH decoder: the compiled one when installed, else the Python reference."""
-    try:
-        from unsflow._speedups import scan_publishes
-    except ImportError:
-        return wire.scan_publishes
-    return scan_publishes
+def scanner() -> tuple[Any, Any]:
+    """The PUBLISH decoder and a factory of its topic cache: the compiled ones when
+    installed (:mod:`unsflow._speedups`), else the Python reference and a dict."""
+    fast = speedups()
+    if fast is None:
+        return wire.scan_publishes, dict
+    return fast.scan_publishes, fast.TopicCache
 
 
 @dataclass(slots=True)
@@ -86,7 +87,7 @@ class _Connection(asyncio.Protocol):
         self._rest: list[bytes] = []  # an incomplete packet's bytes so far
         self._have = 0
         self._need = 0
-        self._topics: dict[bytes, str] = {}
+        self._topics: Any = client.topic_cache()
         self._aliases: dict[int, str] = {}
         self._scan = client.scan
         self.last_sent = time.monotonic()
@@ -272,7 +273,7 @@ class AsyncioMqttClient(MqttClient):
                  component_id: str = "") -> None:
         super().__init__(settings, events, component_id=component_id)
         self.max_batch = 2000
-        self.scan = scanner()
+        self.scan, self.topic_cache = scanner()
         self._conn: _Connection | None = None
         self._connections = 0
         self._delay = 0.5

@@ -36,6 +36,8 @@ import contextlib
 import gzip
 import re
 from dataclasses import dataclass, field
+from itertools import repeat
+from operator import attrgetter
 from typing import TYPE_CHECKING, Any, Literal, Self
 from urllib.parse import urlsplit
 
@@ -47,7 +49,7 @@ from unsflow.config.models import BatchingConfig, SecretRef, TargetConfig
 from unsflow.errors import NotConnected, PermanentError, TransientError
 from unsflow.lake._deps import require
 from unsflow.lake.layout import Layout, Partition, content_digest, unique_name
-from unsflow.lake.parquet import encode_parquet
+from unsflow.lake.parquet import encode_parquet, json_parquet
 from unsflow.lake.rows import METADATA_COLUMNS, encode_message, parquet_rows
 from unsflow.lake.store import (
     NO_CREDENTIAL_SCHEMES,
@@ -64,6 +66,7 @@ if TYPE_CHECKING:
 __all__ = ["ObjectStoreTarget", "ObjectStoreTargetConfig"]
 
 _NAME = r"^[A-Za-z][A-Za-z0-9_]*$"
+_payload = attrgetter("payload")
 _MIB = 1024 * 1024
 
 
@@ -148,10 +151,16 @@ class ObjectStoreTargetConfig(TargetConfig):
 
 @dataclass
 class _Buffer:
-    """Rows bound for one object; every writer with rows here awaits ``future``."""
+    """Rows bound for one partition; every writer with rows here awaits ``future``.
+
+    An entry is ``(message, encoded)``: its rows (Parquet) or JSON lines, or
+    None for one row, the message's record, encoded in the flush (the columnar
+    path); ``rows_only`` tells that every entry is of that last kind.
+    """
 
     future: asyncio.Future[list[Failure]]
     entries: list[tuple[Message, Any]] = field(default_factory=list)
+    rows_only: bool = True
 
 
 class ObjectStoreTarget(Target[ObjectStoreTargetConfig]):
@@ -205,25 +214,35 @@ class ObjectStoreTarget(Target[ObjectStoreTargetConfig]):
         if self._flusher is None or self._flusher.done() or self._closing:
             raise NotConnected("object store target is not started (or stopping)",
                                component_id=self.id)
-        good, failures = ensure_records(batch, self.config.event_type, self.stage)
         loop = asyncio.get_running_loop()
         touched: dict[int, _Buffer] = {}
-        for msg, rows in good:
-            if not rows:
-                continue
-            try:
-                entry = self._encode_rows(msg, rows)
-            except TypeError as exc:
-                failures.append(Failure(msg, str(exc), self.stage))
-                continue
-            key = self._layout.partition(msg)
-            buf = self._pending.get(key)
-            if buf is None:
-                buf = self._pending[key] = _Buffer(loop.create_future())
-            buf.entries.append((msg, entry))
-            touched[id(buf)] = buf
-            self._rows += len(rows)
-            self._bytes += len(msg.payload)
+        failures: list[Failure] = []
+        if self.config.format == "parquet" and self.config.event_type == "single":
+            # One row per message: decoded and encoded in the flush's worker thread, all
+            # messages of an object together (lake.parquet.json_parquet), or by the row path
+            # there when a payload is not a JSON object.
+            for key, messages in self._layout.groups(batch):
+                buf = self._buffer(key, loop)
+                buf.entries.extend(zip(messages, repeat(None)))
+                touched[id(buf)] = buf
+                self._rows += len(messages)
+                self._bytes += sum(map(len, map(_payload, messages)))
+        else:
+            good, failures = ensure_records(batch, self.config.event_type, self.stage)
+            for msg, rows in good:
+                if not rows:
+                    continue
+                try:
+                    entry = self._encode_rows(msg, rows)
+                except TypeError as exc:
+                    failures.append(Failure(msg, str(exc), self.stage))
+                    continue
+                buf = self._buffer(self._layout.partition(msg), loop)
+                buf.entries.append((msg, entry))
+                buf.rows_only = False
+                touched[id(buf)] = buf
+                self._rows += len(rows)
+                self._bytes += len(msg.payload)
         if not touched:
             return failures
         if self._first_at is None:
@@ -234,13 +253,21 @@ class ObjectStoreTarget(Target[ObjectStoreTargetConfig]):
             self._full.set()
         # asyncio.wait, not gather: a cancelled writer must not cancel futures others share.
         await asyncio.wait([buf.future for buf in touched.values()])
-        own = {id(msg) for msg in batch}
         errors = [buf.future.exception() for buf in touched.values()]
         if error := next((e for e in errors if e is not None), None):
             raise error
-        for buf in touched.values():
-            failures.extend(f for f in buf.future.result() if id(f.message) in own)
+        results = [buf.future.result() for buf in touched.values()]
+        if any(results):
+            own = {id(msg) for msg in batch}
+            for result in results:
+                failures.extend(f for f in result if id(f.message) in own)
         return failures
+
+    def _buffer(self, key: tuple[str, ...], loop: asyncio.AbstractEventLoop) -> _Buffer:
+        buf = self._pending.get(key)
+        if buf is None:
+            buf = self._pending[key] = _Buffer(loop.create_future())
+        return buf
 
     def _encode_rows(self, msg: Message, rows: list[dict[str, Any]]) -> Any:
         if self.config.format == "jsonl":
@@ -270,8 +297,10 @@ class ObjectStoreTarget(Target[ObjectStoreTargetConfig]):
         try:
             # An object holds at most max-records rows (a message's rows stay together),
             # so "50 messages per object" means 50, however much arrived before the flush.
+            most = self.config.batching.max_records
             jobs = [(key, buf, chunk) for key, buf in pending.items()
-                    for chunk in _chunks(buf.entries, self.config.batching.max_records)]
+                    for chunk in (_slices(buf.entries, most) if buf.rows_only
+                                  else _chunks(buf.entries, most))]
             results = await asyncio.gather(
                 *(asyncio.to_thread(self._write_object, key, chunk) for key, _, chunk in jobs),
                 return_exceptions=True)
@@ -309,7 +338,34 @@ class ObjectStoreTarget(Target[ObjectStoreTargetConfig]):
         if self.config.format == "jsonl":
             data = b"".join(lines for _, lines in entries)
             return (gzip.compress(data, mtime=0) if self.config.compression == "gzip" else data), []
-        return encode_parquet(entries, self.config.compression, self.stage)
+        compression = self.config.compression
+        if all(encoded is None for _, encoded in entries):
+            errors = (require("pyarrow").ArrowException, ValueError, TypeError, OverflowError)
+            try:
+                data = json_parquet([m for m, _ in entries], compression, self._reserved)
+            except errors:
+                data = None  # the row path finds the messages that cannot be written
+            if data is not None:
+                return data, []
+        # The row path: payloads that are not JSON objects, a record of a reserved field
+        # name, or values that cannot be written.
+        undecided = [m for m, encoded in entries if encoded is None]
+        decoded, failures = ensure_records(undecided, self.config.event_type, self.stage)
+        rows_of = {id(m): records for m, records in decoded}
+        rows: list[tuple[Message, Any]] = []
+        for msg, encoded in entries:
+            if encoded is None:
+                records = rows_of.get(id(msg))
+                if records is None:
+                    continue  # a failure already
+                try:
+                    encoded = parquet_rows(msg, records, self._reserved)
+                except TypeError as exc:
+                    failures.append(Failure(msg, str(exc), self.stage))
+                    continue
+            rows.append((msg, encoded))
+        data, more = encode_parquet(rows, compression, self.stage) if rows else (b"", [])
+        return data, failures + more
 
     async def stop(self) -> None:
         self._closing = True
@@ -325,14 +381,20 @@ class ObjectStoreTarget(Target[ObjectStoreTargetConfig]):
                 flusher.cancel()
 
 
+def _slices(entries: list[tuple[Message, Any]], max_rows: int) -> list[list[tuple[Message, Any]]]:
+    """Split entries of one row each into runs of at most ``max_rows``."""
+    return [entries[i:i + max_rows] for i in range(0, len(entries), max_rows)]
+
+
 def _chunks(entries: list[tuple[Message, Any]], max_rows: int) -> list[list[tuple[Message, Any]]]:
     """Split entries into runs of at most ``max_rows`` rows; one message is never split."""
     chunks: list[list[tuple[Message, Any]]] = []
     current: list[tuple[Message, Any]] = []
     rows = 0
     for entry in entries:
-        encoded = entry[1]  # rows (parquet) or JSON lines (jsonl)
-        n = len(encoded) if isinstance(encoded, list) else max(1, encoded.count(b"\n"))
+        encoded = entry[1]  # rows (parquet), JSON lines (jsonl), or None: one row
+        n = 1 if encoded is None else len(encoded) if isinstance(encoded, list) \
+            else max(1, encoded.count(b"\n"))
         if current and rows + n > max_rows:
             chunks.append(current)
             current, rows = [], 0
