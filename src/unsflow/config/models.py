@@ -257,8 +257,13 @@ class PipelineConfig(Model):
         2000, ge=1, le=100000, description="Most messages a source hands on in one batch."
     )
     max_in_flight: int = Field(
-        200000, ge=1, description="Most messages per source taken but not yet acknowledged; "
-        "beyond it the source is not read (backpressure).",
+        50000, ge=1, description="Most messages per source taken but not yet acknowledged; "
+        "beyond it the source is not read (backpressure). With max-in-flight-bytes, what "
+        "bounds memory, whatever the broker's backlog.",
+    )
+    max_in_flight_bytes: int = Field(
+        64 * 1024 * 1024, ge=1024, description="Most payload bytes the UNS source holds read "
+        "and not yet acknowledged; beyond it the socket is not read (backpressure).",
     )
     shutdown_timeout: float = Field(
         25.0, gt=0, description="Seconds SIGTERM waits for in-flight batches."

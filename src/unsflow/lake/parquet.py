@@ -147,12 +147,13 @@ def _with_metadata(columns: list[Any], names: list[str], messages: list[Message]
                    compression: str) -> bytes:
     """Parquet bytes of ``columns`` plus the messages' ``_topic`` and ``_received_at``."""
     pa = require("pyarrow")
-    pc = require("pyarrow.compute")
     pq = require("pyarrow.parquet")
     columns.append(pa.array(list(map(attrgetter("topic"), messages)), pa.string()))
-    received = pa.array(list(map(attrgetter("received_at"), messages)), pa.float64())
-    millis = pc.cast(pc.multiply(received, 1000.0), pa.int64(), safe=False)
-    columns.append(millis.cast(pa.timestamp("ms", tz="UTC")))
+    # Epoch ms as parquet_rows computes them; a read's messages share one time, so one each.
+    millis: dict[float, int] = {}
+    received = [millis.get(t) or millis.setdefault(t, int(t * 1000))
+                for t in map(attrgetter("received_at"), messages)]
+    columns.append(pa.array(received, pa.timestamp("ms", tz="UTC")))
     table = pa.table(columns, names=[*names, *METADATA_COLUMNS])
     sink = pa.BufferOutputStream()
     pq.write_table(table, sink, compression=None if compression == "none" else compression)

@@ -7,9 +7,14 @@ Guarantees:
   durably accepted them; acknowledgements go out in the order the messages
   arrived (MQTT 4.6). An ack whose connection has since dropped is not sent:
   the broker redelivers that message on the new connection (at least once).
-- In flight is bounded by the broker's window: MQTT 5 ``receive-maximum``
-  (or Mosquitto's ``max_inflight_messages`` for 3.1.1). For QoS 0, reading
-  from the socket pauses when ``max_pending`` batches wait (backpressure).
+- Memory is bounded by config, not by the broker's backlog: reading from the
+  socket pauses while the messages read and not yet acknowledged (waiting for
+  the engine, or in its hands) reach ``max-in-flight`` messages or
+  ``max-in-flight-bytes`` payload bytes, and resumes below half of both. The
+  broker's window (MQTT 5 ``receive-maximum``, Mosquitto's
+  ``max_inflight_messages`` for 3.1.1) is not enough: Mosquitto 2.0.11 sends a
+  persistent session's whole backlog once a burst of PUBACKs arrives, and QoS
+  0 has no window at all.
 - A persistent session (fixed client id, clean start off, session expiry)
   keeps subscriptions and queued messages while the process is down. Stop
   disconnects without unsubscribing.
@@ -44,6 +49,7 @@ import time
 from collections import deque
 from collections.abc import Mapping
 from itertools import chain, repeat
+from operator import attrgetter
 from typing import TYPE_CHECKING, Any, Literal, Self
 
 from pydantic import Field
@@ -89,8 +95,10 @@ class MqttSourceConfig(ComponentConfig):
                                           description="Topic filter to subscription QoS.")
     batch_size: int = Field(2000, ge=1, le=100000,
                             description="Most messages in one batch.")
-    max_pending: int = Field(64, ge=1, description="Batches read from the socket and not yet "
-                             "taken by the engine before reading pauses (QoS 0 backpressure).")
+    max_in_flight: int = Field(50000, ge=1, description="Messages read and not yet "
+                               "acknowledged before reading from the socket pauses.")
+    max_in_flight_bytes: int = Field(64 * 1024 * 1024, ge=1024, description="Payload bytes "
+                                     "read and not yet acknowledged before reading pauses.")
 
     @classmethod
     def from_pipeline(cls, config: PipelineConfig) -> Self:
@@ -98,7 +106,8 @@ class MqttSourceConfig(ComponentConfig):
         return cls(type="mqtt", broker=config.mqtt_broker,
                    credential=config.mqtt_broker_credential,
                    subscriptions={flt: sub.qos for flt, sub in config.subscriptions.items()},
-                   batch_size=config.batch_size)
+                   batch_size=config.batch_size, max_in_flight=config.max_in_flight,
+                   max_in_flight_bytes=config.max_in_flight_bytes)
 
 
 class MqttSource(Source[MqttSourceConfig]):
@@ -111,17 +120,20 @@ class MqttSource(Source[MqttSourceConfig]):
         super().__init__(component_id, config, context)
         self.subscriptions = dict(config.subscriptions)  # those of the live session
         self.batch_size = config.batch_size
-        self.max_pending = config.max_pending
+        self.max_in_flight = config.max_in_flight
+        self.max_in_flight_bytes = config.max_in_flight_bytes
         self._client: MqttClient | None = None
         self._pending: list[Message] = []
         self._pending_acks: list[Ack] = []
-        # Batches not yet taken by the engine: (messages, their acks).
-        self._batches: deque[tuple[list[Message], list[Ack]]] = deque()
+        # Batches not yet taken by the engine: [messages, their acks, payload bytes].
+        self._batches: deque[list[Any]] = deque()
         self._batch_ready = asyncio.Event()
         self._flush_scheduled = False
-        # Taken and not yet acknowledged: per token, the acks and the message count.
-        self._acks: InOrderAcks[tuple[list[Ack], int]] = InOrderAcks()
+        # Taken and not yet acknowledged: per token, the acks, the messages and their bytes.
+        self._acks: InOrderAcks[tuple[list[Ack], int, int]] = InOrderAcks()
         self._unacked = 0
+        # Read from the socket and not yet acknowledged (pending or taken): the bound.
+        self._held = self._held_bytes = 0
         self._backoff = Backoff(config.broker.reconnect_min, config.broker.reconnect_max)
         self._connected = asyncio.Event()
         self._subscribed = asyncio.Event()
@@ -205,15 +217,21 @@ class MqttSource(Source[MqttSourceConfig]):
     def keeps(self, config: MqttSourceConfig) -> bool:
         """The same broker and login: the connection and session stay; subscriptions and
         batch size change live (:meth:`reconfigure`)."""
-        live = {"subscriptions": self.config.subscriptions, "batch_size": self.config.batch_size}
+        live = {"subscriptions": self.config.subscriptions, "batch_size": self.config.batch_size,
+                "max_in_flight": self.config.max_in_flight,
+                "max_in_flight_bytes": self.config.max_in_flight_bytes}
         return config.model_copy(update=live) == self.config
 
     async def reconfigure(self, config: MqttSourceConfig, timeout: float) -> None:
         await self.update_subscriptions(config.subscriptions, timeout)
         self.batch_size = config.batch_size
+        self.max_in_flight = config.max_in_flight
+        self.max_in_flight_bytes = config.max_in_flight_bytes
         if self._client is not None:
             self._client.max_batch = config.batch_size
         self.config = config
+        self._pause_if_full()
+        self._resume_if_room()
 
     async def update_subscriptions(self, subscriptions: Mapping[str, int],
                                    timeout: float = 10.0) -> None:
@@ -339,9 +357,11 @@ class MqttSource(Source[MqttSourceConfig]):
             properties = [_FLAG_PROPERTIES[f & 9] if p is None
                           else {**p, "dup": f >> 3, "retain": f & 1}
                           for f, p in zip(flags, props)]
-        messages = list(map(Message, topics, inbound.payloads, qos, retain, repeat(time.time()),
+        payloads = inbound.payloads
+        messages = list(map(Message, topics, payloads, qos, retain, repeat(time.time()),
                             properties, repeat(NOT_DECODED), repeat(self.id)))
-        self._take(messages, [] if inbound.ack is None else [inbound.ack])
+        self._take(messages, [] if inbound.ack is None else [inbound.ack],
+                   sum(map(len, payloads)))
 
     # -- batching ----------------------------------------------------------------
 
@@ -351,40 +371,47 @@ class MqttSource(Source[MqttSourceConfig]):
             return
         messages, acks = self._pending, self._pending_acks
         self._pending, self._pending_acks = [], []
-        self._take(messages, acks)
+        self._take(messages, acks, sum(map(len, map(_payload, messages))))
 
-    def _take(self, messages: list[Message], acks: list[Ack]) -> None:
-        """Queue a read's messages for the engine: with the batch it has not taken yet when
-        they fit, else as a new batch."""
+    def _take(self, messages: list[Message], acks: list[Ack], size: int) -> None:
+        """Queue a read's messages (``size`` payload bytes) for the engine: with the batch it
+        has not taken yet when they fit, else as a new batch."""
         self.received += len(messages)
+        self._held += len(messages)
+        self._held_bytes += size
         batches = self._batches
         if batches:
-            tail_messages, tail_acks = batches[-1]
-            if len(tail_messages) + len(messages) <= self.batch_size:
-                tail_messages.extend(messages)
-                tail_acks.extend(acks)
+            tail = batches[-1]
+            if len(tail[0]) + len(messages) <= self.batch_size:
+                tail[0].extend(messages)
+                tail[1].extend(acks)
+                tail[2] += size
+                self._pause_if_full()
                 return
-        batches.append((messages, acks))
+        batches.append([messages, acks, size])
         self._batch_ready.set()
         self._pause_if_full()
 
     def _pause_if_full(self) -> None:
         client = self._client
-        if (len(self._batches) >= self.max_pending and client is not None
-                and not client.reading_paused and not self._hold_open):
+        if ((self._held >= self.max_in_flight or self._held_bytes >= self.max_in_flight_bytes)
+                and client is not None and not client.reading_paused and not self._hold_open):
             client.pause_reading()
+
+    def _resume_if_room(self) -> None:
+        client = self._client
+        if (client is not None and client.reading_paused
+                and self._held < self.max_in_flight // 2
+                and self._held_bytes < self.max_in_flight_bytes // 2):
+            client.resume_reading()
 
     async def read(self) -> tuple[list[Message], int]:
         while not self._batches:
             self._batch_ready.clear()
             await self._batch_ready.wait()
-        messages, acks = self._batches.popleft()
-        token = self._acks.add((acks, len(messages)))
+        messages, acks, size = self._batches.popleft()
+        token = self._acks.add((acks, len(messages), size))
         self._unacked += len(messages)
-        client = self._client
-        if client is not None and client.reading_paused \
-                and len(self._batches) < self.max_pending // 2:
-            client.resume_reading()
         return messages, token
 
     def ack(self, token: int) -> None:
@@ -392,18 +419,24 @@ class MqttSource(Source[MqttSourceConfig]):
         released = self._acks.done(token)
         if not released:
             return
-        self._unacked -= sum(count for _, count in released)
+        count = sum(n for _, n, _ in released)
+        self._unacked -= count
+        self._held -= count
+        self._held_bytes -= sum(size for _, _, size in released)
         if self._client is None:
             return
-        sent, stale = self._client.send_acks(chain.from_iterable(acks for acks, _ in released))
+        sent, stale = self._client.send_acks(chain.from_iterable(acks for acks, _, _ in released))
         self.acked += sent
         self.stale_acks += stale
+        self._resume_if_room()
 
     @property
     def in_flight(self) -> int:
         """Messages handed to the engine and not yet acknowledged."""
         return self._unacked
 
+
+_payload = attrgetter("payload")
 
 # The properties of a message without MQTT 5 properties, by its DUP and RETAIN bits: shared
 # dicts (read only), not one per message.

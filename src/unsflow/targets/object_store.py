@@ -36,7 +36,6 @@ import contextlib
 import gzip
 import re
 from dataclasses import dataclass, field
-from itertools import repeat
 from operator import attrgetter
 from typing import TYPE_CHECKING, Any, Literal, Self
 from urllib.parse import urlsplit
@@ -153,14 +152,15 @@ class ObjectStoreTargetConfig(TargetConfig):
 class _Buffer:
     """Rows bound for one partition; every writer with rows here awaits ``future``.
 
-    An entry is ``(message, encoded)``: its rows (Parquet) or JSON lines, or
-    None for one row, the message's record, encoded in the flush (the columnar
-    path); ``rows_only`` tells that every entry is of that last kind.
+    An entry is ``(message, encoded)``: its rows (Parquet) or JSON lines; or
+    the message alone: one row, its JSON object payload, encoded in the flush
+    (the columnar path; no tuple per message). ``messages_only`` tells that
+    every entry is of that last kind.
     """
 
     future: asyncio.Future[list[Failure]]
-    entries: list[tuple[Message, Any]] = field(default_factory=list)
-    rows_only: bool = True
+    entries: list[Any] = field(default_factory=list)
+    messages_only: bool = True
 
 
 class ObjectStoreTarget(Target[ObjectStoreTargetConfig]):
@@ -223,7 +223,7 @@ class ObjectStoreTarget(Target[ObjectStoreTargetConfig]):
             # there when a payload is not a JSON object.
             for key, messages in self._layout.groups(batch):
                 buf = self._buffer(key, loop)
-                buf.entries.extend(zip(messages, repeat(None)))
+                buf.entries.extend(messages)
                 touched[id(buf)] = buf
                 self._rows += len(messages)
                 self._bytes += sum(map(len, map(_payload, messages)))
@@ -239,7 +239,7 @@ class ObjectStoreTarget(Target[ObjectStoreTargetConfig]):
                     continue
                 buf = self._buffer(self._layout.partition(msg), loop)
                 buf.entries.append((msg, entry))
-                buf.rows_only = False
+                buf.messages_only = False
                 touched[id(buf)] = buf
                 self._rows += len(rows)
                 self._bytes += len(msg.payload)
@@ -299,7 +299,7 @@ class ObjectStoreTarget(Target[ObjectStoreTargetConfig]):
             # so "50 messages per object" means 50, however much arrived before the flush.
             most = self.config.batching.max_records
             jobs = [(key, buf, chunk) for key, buf in pending.items()
-                    for chunk in (_slices(buf.entries, most) if buf.rows_only
+                    for chunk in (_slices(buf.entries, most) if buf.messages_only
                                   else _chunks(buf.entries, most))]
             results = await asyncio.gather(
                 *(asyncio.to_thread(self._write_object, key, chunk) for key, _, chunk in jobs),
@@ -321,39 +321,44 @@ class ObjectStoreTarget(Target[ObjectStoreTargetConfig]):
                                                           "completed", component_id=self.id))
 
     def _write_object(self, partition: tuple[str, ...],
-                      entries: list[tuple[Message, Any]]) -> list[Failure]:
+                      entries: list[Any]) -> list[Failure]:
         """Encode and store one object (worker thread); the failures are unencodable messages."""
         data, failures = self._encode(entries)
         if data:
             cfg = self.config
             if cfg.object_names == "deterministic":
-                name = f"{cfg.object_prefix}-{content_digest(entries)}{self._ext}"
+                # The messages the object holds (not those that failed to encode).
+                failed = {id(f.message) for f in failures}
+                pairs = [e if type(e) is tuple else (e, None) for e in entries]
+                held = [p for p in pairs if id(p[0]) not in failed] if failed else pairs
+                name = f"{cfg.object_prefix}-{content_digest(held)}{self._ext}"
             else:
                 name = unique_name(cfg.object_prefix, self._ext)
             assert self._writer is not None
             self._writer.put(self._layout.key(partition, name), data)
         return failures
 
-    def _encode(self, entries: list[tuple[Message, Any]]) -> tuple[bytes, list[Failure]]:
+    def _encode(self, entries: list[Any]) -> tuple[bytes, list[Failure]]:
         if self.config.format == "jsonl":
             data = b"".join(lines for _, lines in entries)
             return (gzip.compress(data, mtime=0) if self.config.compression == "gzip" else data), []
         compression = self.config.compression
-        if all(encoded is None for _, encoded in entries):
+        if not any(type(e) is tuple for e in entries):
             errors = (require("pyarrow").ArrowException, ValueError, TypeError, OverflowError)
             try:
-                data = json_parquet([m for m, _ in entries], compression, self._reserved)
+                data = json_parquet(entries, compression, self._reserved)
             except errors:
                 data = None  # the row path finds the messages that cannot be written
             if data is not None:
                 return data, []
         # The row path: payloads that are not JSON objects, a record of a reserved field
         # name, or values that cannot be written.
-        undecided = [m for m, encoded in entries if encoded is None]
+        undecided = [e for e in entries if type(e) is not tuple]
         decoded, failures = ensure_records(undecided, self.config.event_type, self.stage)
         rows_of = {id(m): records for m, records in decoded}
         rows: list[tuple[Message, Any]] = []
-        for msg, encoded in entries:
+        for entry in entries:
+            msg, encoded = entry if type(entry) is tuple else (entry, None)
             if encoded is None:
                 records = rows_of.get(id(msg))
                 if records is None:
@@ -381,18 +386,19 @@ class ObjectStoreTarget(Target[ObjectStoreTargetConfig]):
                 flusher.cancel()
 
 
-def _slices(entries: list[tuple[Message, Any]], max_rows: int) -> list[list[tuple[Message, Any]]]:
+def _slices(entries: list[Any], max_rows: int) -> list[list[Any]]:
     """Split entries of one row each into runs of at most ``max_rows``."""
     return [entries[i:i + max_rows] for i in range(0, len(entries), max_rows)]
 
 
-def _chunks(entries: list[tuple[Message, Any]], max_rows: int) -> list[list[tuple[Message, Any]]]:
+def _chunks(entries: list[Any], max_rows: int) -> list[list[Any]]:
     """Split entries into runs of at most ``max_rows`` rows; one message is never split."""
     chunks: list[list[tuple[Message, Any]]] = []
     current: list[tuple[Message, Any]] = []
     rows = 0
     for entry in entries:
-        encoded = entry[1]  # rows (parquet), JSON lines (jsonl), or None: one row
+        # rows (parquet), JSON lines (jsonl), or a message alone: one row
+        encoded = entry[1] if type(entry) is tuple else None
         n = 1 if encoded is None else len(encoded) if isinstance(encoded, list) \
             else max(1, encoded.count(b"\n"))
         if current and rows + n > max_rows:
