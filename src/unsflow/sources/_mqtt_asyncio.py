@@ -306,11 +306,11 @@ class AsyncioMqttClient(MqttClient):
                     session_expiry=s.session_expiry if v5 and s.persistent else None,
                     receive_maximum=s.receive_maximum if v5 else None,
                     username=s.username, password=s.password))
-                session_present, code, props = await conn.connack
+                _, code, _ = await conn.connack
         except (TimeoutError, OSError, ConnectionError) as exc:
             if conn is not None and conn.transport is not None:
                 conn.transport.abort()
-            what = "no answer within %gs" % CONNECT_TIMEOUT if isinstance(exc, TimeoutError) \
+            what = f"no answer within {CONNECT_TIMEOUT:g}s" if isinstance(exc, TimeoutError) \
                 else str(exc)
             raise NotConnected(f"cannot connect to broker {s.address}: {what}",
                                component_id=self.component_id) from exc

@@ -23,11 +23,31 @@ import struct
 from typing import Any
 
 __all__ = [
-    "CONNACK", "CONNECT", "DISCONNECT", "PINGREQ", "PINGRESP", "PUBACK", "PUBCOMP", "PUBLISH",
-    "PUBREC", "PUBREL", "SUBACK", "SUBSCRIBE", "UNSUBACK", "UNSUBSCRIBE", "AUTH",
-    "MalformedPacket", "encode_connect", "encode_disconnect", "encode_publish",
-    "encode_subscribe", "encode_unsubscribe", "packet_header", "parse_properties",
-    "scan_publishes", "varint",
+    "AUTH",
+    "CONNACK",
+    "CONNECT",
+    "DISCONNECT",
+    "PINGREQ",
+    "PINGRESP",
+    "PUBACK",
+    "PUBCOMP",
+    "PUBLISH",
+    "PUBREC",
+    "PUBREL",
+    "SUBACK",
+    "SUBSCRIBE",
+    "UNSUBACK",
+    "UNSUBSCRIBE",
+    "MalformedPacket",
+    "encode_connect",
+    "encode_disconnect",
+    "encode_publish",
+    "encode_subscribe",
+    "encode_unsubscribe",
+    "packet_header",
+    "parse_properties",
+    "scan_publishes",
+    "varint",
 ]
 
 CONNECT, CONNACK, PUBLISH, PUBACK, PUBREC, PUBREL, PUBCOMP = 1, 2, 3, 4, 5, 6, 7

@@ -7,7 +7,9 @@ Contract:
   fsynced under a hidden staging name, renamed into place and its directory
   fsynced. Concurrent writes share a buffer and so one object: a flush comes
   at ``batching.max-records`` rows, ``max-bytes`` payload bytes, or
-  ``max-age`` seconds after the first buffered row, whichever is first.
+  ``max-age`` seconds after the first buffered row, whichever is first, or
+  ``max-idle`` seconds after the last row when at least a tenth of either
+  limit waits (a burst or a drained backlog ends).
 - Objects are atomic: readers never see a partial one (an S3 PUT is all or
   nothing, and so is a multipart upload, used above ``multipart-chunk-size``;
   locally obstore writes ``<key>#<n>`` and renames, and unsflow adds fsync
@@ -32,7 +34,6 @@ Contract:
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import gzip
 import re
 from dataclasses import dataclass, field
@@ -175,6 +176,7 @@ class ObjectStoreTarget(Target[ObjectStoreTargetConfig]):
         self._pending: dict[tuple[str, ...], _Buffer] = {}
         self._rows = self._bytes = 0
         self._first_at: float | None = None
+        self._last_at = 0.0  # loop time of the last write that buffered rows
         self._has_rows = asyncio.Event()
         self._full = asyncio.Event()
         self._closing = False
@@ -245,8 +247,9 @@ class ObjectStoreTarget(Target[ObjectStoreTargetConfig]):
                 self._bytes += len(msg.payload)
         if not touched:
             return failures
+        self._last_at = loop.time()
         if self._first_at is None:
-            self._first_at = loop.time()
+            self._first_at = self._last_at
             self._has_rows.set()
         limits = self.config.batching
         if self._rows >= limits.max_records or self._bytes >= limits.max_bytes:
@@ -278,15 +281,33 @@ class ObjectStoreTarget(Target[ObjectStoreTargetConfig]):
         loop = asyncio.get_running_loop()
         while True:
             await self._has_rows.wait()
-            if not self._closing and self._first_at is not None:
-                delay = self._first_at + self.config.batching.max_age - loop.time()
-                if delay > 0:
-                    with contextlib.suppress(TimeoutError):
-                        await asyncio.wait_for(self._full.wait(), delay)
+            while not self._closing and self._first_at is not None:
+                delay = self._due() - loop.time()
+                if delay <= 0:
+                    break
+                try:
+                    await asyncio.wait_for(self._full.wait(), delay)
+                    break
+                except TimeoutError:
+                    continue  # due now, or rows came in meanwhile: look again
             self._has_rows.clear()
             await self._flush()
             if self._closing and not self._pending:
                 return
+
+    def _due(self) -> float:
+        """When (loop time) the buffered rows are to be written: ``max-age`` after the first;
+        earlier, ``max-idle`` after the last, once a tenth of max-records or max-bytes waits
+        (a burst that ended); while less waits, look again ``max-idle`` later."""
+        limits = self.config.batching
+        assert self._first_at is not None
+        due = self._first_at + limits.max_age
+        idle = limits.max_idle
+        if idle is None:
+            return due
+        if self._rows * 10 >= limits.max_records or self._bytes * 10 >= limits.max_bytes:
+            return min(due, self._last_at + idle)
+        return min(due, asyncio.get_running_loop().time() + idle)
 
     async def _flush(self) -> None:
         """Write every buffered partition (one object each) and settle its writers."""
@@ -346,11 +367,11 @@ class ObjectStoreTarget(Target[ObjectStoreTargetConfig]):
         if not any(type(e) is tuple for e in entries):
             errors = (require("pyarrow").ArrowException, ValueError, TypeError, OverflowError)
             try:
-                data = json_parquet(entries, compression, self._reserved)
+                columnar = json_parquet(entries, compression, self._reserved)
             except errors:
-                data = None  # the row path finds the messages that cannot be written
-            if data is not None:
-                return data, []
+                columnar = None  # the row path finds the messages that cannot be written
+            if columnar is not None:
+                return columnar, []
         # The row path: payloads that are not JSON objects, a record of a reserved field
         # name, or values that cannot be written.
         undecided = [e for e in entries if type(e) is not tuple]
