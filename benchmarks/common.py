@@ -256,13 +256,26 @@ class Unsflow:
         self.path.write_text(json.dumps(config))
         self.env = {**os.environ, **(env or {})}
         self.proc: subprocess.Popen[str] | None = None
+        self._pid = 0
         self.lines: list[str] = []
 
     def start(self, ready: str = "connected to", timeout: float = 120) -> None:
-        self.proc = subprocess.Popen([sys.executable, "-m", "unsflow.cli", "run", str(self.path)],
-                                     stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
-                                     env=self.env)
+        command = [sys.executable, "-m", "unsflow.cli", "run", str(self.path)]
+        profile = os.environ.get("UNSFLOW_BENCH_PROFILE")
+        if profile:  # a py-spy profile of unsflow (collapsed stacks), for benchmarks/profile.py
+            spy = shutil.which("py-spy") or str(Path(sys.executable).parent / "py-spy")
+            out = f"{profile}.{self.path.stem}.txt"
+            command = [spy, "record", "-r", "200", "--threads", "-f", "raw", "-o", out, "--", *command]
+        self.proc = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+                                     text=True, env=self.env)
+        self._pid = self.proc.pid
         self.wait_log(ready, timeout)
+        if profile:  # meter the profiled process, not py-spy
+            children = Path(f"/proc/{self.proc.pid}/task/{self.proc.pid}/children")
+            deadline = time.monotonic() + 10
+            while not children.read_text().split() and time.monotonic() < deadline:
+                time.sleep(0.01)
+            self._pid = int(children.read_text().split()[0])
 
     def wait_log(self, text: str, timeout: float = 120) -> None:
         assert self.proc is not None and self.proc.stderr is not None
@@ -277,13 +290,16 @@ class Unsflow:
 
     @property
     def pid(self) -> int:
-        assert self.proc is not None
-        return self.proc.pid
+        """The unsflow process (not py-spy's, when profiled)."""
+        return self._pid
 
     def stop(self) -> None:
         if self.proc is None:
             return
-        self.proc.terminate()
+        if self._pid != self.proc.pid:
+            os.kill(self._pid, 15)  # py-spy writes its profile when unsflow ends, then exits
+        else:
+            self.proc.terminate()
         try:
             self.proc.wait(60)
         except subprocess.TimeoutExpired:
