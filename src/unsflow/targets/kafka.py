@@ -201,10 +201,10 @@ class KafkaTarget(Target[KafkaTargetConfig]):
         self._key = compile_template(c.key, self.id) if c.key is not None else None
         self._valid_topics: set[str] = set()
         self._headers: dict[tuple[str, int, bool], list[Any]] = {}
-        # Topic, key and headers by (MQTT topic, QoS, retain), when the templates use only
-        # the topic (not the record or Kafka headers).
+        # QoS, retain, Kafka topic, key and headers by MQTT topic, when the templates use
+        # only the topic (not the record or Kafka headers).
         self._topic_only = topic_only(c.topic) and (c.key is None or topic_only(c.key))
-        self._per_topic: dict[tuple[str, int, bool], tuple[str, str | None, list[Any]]] = {}
+        self._per_topic: dict[str, tuple[int, bool, str, str | None, list[Any]]] = {}
         self._producer: Any = None
         self._settings: dict[str, Any] = {}
         self._watch = ErrorWatch(self.id, log)
@@ -342,35 +342,37 @@ class KafkaTarget(Target[KafkaTargetConfig]):
         ``failures``. Topic, key and headers that depend on the MQTT topic alone are
         computed once per topic (a UNS repeats a bounded set of topics)."""
         items: list[tuple[Message, str, str | None, bytes, list[Any]]] = []
+        append = items.append
         per_topic = self._per_topic
+        cacheable = self._topic_only
         for msg in batch:
             props = msg.properties
             plain = msg.headers is None and (props is None or (
                 "content_type" not in props and "user_property" not in props))
-            known = per_topic.get((msg.topic, msg.qos, msg.retain)) if plain else None
-            if known is None:
-                try:
-                    topic = self._topic(msg)
-                    key = self._key(msg) if self._key is not None else None
-                except (KeyError, IndexError, AttributeError) as exc:
-                    failures.append(Failure(msg, f"topic or key template ({self.config.topic!r}, "
-                                                 f"{self.config.key!r}) needs {exc}", self.stage))
+            known = per_topic.get(msg.topic) if plain else None
+            if known is not None and known[0] == msg.qos and known[1] == msg.retain:
+                value = msg.payload if msg.record is NOT_DECODED else orjson.dumps(msg.record)
+                append((msg, known[2], known[3], value, known[4]))
+                continue
+            try:
+                topic = self._topic(msg)
+                key = self._key(msg) if self._key is not None else None
+            except (KeyError, IndexError, AttributeError) as exc:
+                failures.append(Failure(msg, f"topic or key template ({self.config.topic!r}, "
+                                             f"{self.config.key!r}) needs {exc}", self.stage))
+                continue
+            if topic not in self._valid_topics:
+                if not TOPIC_NAME.match(topic) or topic in (".", ".."):
+                    failures.append(Failure(msg, f"Kafka topic {topic!r}: expected 1-249 "
+                                                 "letters, digits, '.', '_' or '-'", self.stage))
                     continue
-                if topic not in self._valid_topics:
-                    if not TOPIC_NAME.match(topic) or topic in (".", ".."):
-                        failures.append(Failure(msg, f"Kafka topic {topic!r}: expected 1-249 "
-                                                     "letters, digits, '.', '_' or '-'",
-                                                self.stage))
-                        continue
-                    if len(self._valid_topics) < _CACHE_SIZE:
-                        self._valid_topics.add(topic)
-                headers = mqtt_headers(msg, self._headers)
-                if plain and self._topic_only and len(per_topic) < _CACHE_SIZE:
-                    per_topic[(msg.topic, msg.qos, msg.retain)] = (topic, key, headers)
-            else:
-                topic, key, headers = known
+                if len(self._valid_topics) < _CACHE_SIZE:
+                    self._valid_topics.add(topic)
+            headers = mqtt_headers(msg, self._headers)
+            if plain and cacheable and len(per_topic) < _CACHE_SIZE:
+                per_topic[msg.topic] = (msg.qos, msg.retain, topic, key, headers)
             value = msg.payload if msg.record is NOT_DECODED else orjson.dumps(msg.record)
-            items.append((msg, topic, key, value, headers))
+            append((msg, topic, key, value, headers))
         return items
 
     def _produce_all(self, producer: Any, items: list[tuple[Message, str, str | None, bytes,
