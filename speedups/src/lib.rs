@@ -4,7 +4,8 @@
 //!   columns, with the acks of the QoS 1/2 messages as ready-to-send bytes. Same contract
 //!   and results as `unsflow.sources._mqtt_wire.scan_publishes` (the Python reference).
 //! - `json_columns`: JSON object payloads -> Arrow column buffers, for the common case of
-//!   flat objects whose fields keep one type. Anything else (nested values, a number
+//!   flat objects whose fields keep one type, read by a strict parser of that grammar
+//!   (memchr finds the end of a string). Anything else (nested values, a number
 //!   that does not fit int64, mixed types in a field, invalid JSON, ...) returns None and
 //!   unsflow takes its Python path, which owns every rule for those cases; so this
 //!   module never decides a case the Python path would decide differently.
@@ -13,13 +14,11 @@
 
 use std::borrow::Cow;
 use std::collections::HashMap;
-use std::fmt;
 
 use pyo3::prelude::*;
 use pyo3::pybacked::PyBackedBytes;
 use pyo3::sync::PyOnceLock;
 use pyo3::types::{PyBytes, PyDict, PyList, PyString, PyTuple, PyType};
-use serde::de::{DeserializeSeed, Deserializer, Error as _, MapAccess, Visitor};
 
 // ------------------------------------------------------------------ MQTT
 
@@ -290,6 +289,9 @@ fn scan_publishes<'py>(py: Python<'py>, data: &[u8], pos: usize, v5: bool, limit
 
 // ------------------------------------------------------------------ JSON -> Arrow columns
 
+/// 2**53: the largest integer magnitude below which every int has an exact double.
+const EXACT_IN_DOUBLE: u64 = 1 << 53;
+
 #[derive(Clone, Copy, PartialEq)]
 enum Kind {
     Null,
@@ -312,14 +314,15 @@ struct Column {
     offsets: Vec<i32>,
     text: Vec<u8>,
     last_row: usize, // the row that last set this column (duplicate keys, missing fields)
+    hint: (usize, usize), // (rows, payload bytes) of the whole batch: capacity up front
 }
 
 impl Column {
-    fn new(name: String, rows_before: usize) -> Self {
+    fn new(name: String, rows_before: usize, hint: (usize, usize)) -> Self {
         let mut col = Column {
-            name, kind: Kind::Null, rows: 0, nulls: 0, valid: Vec::new(), ints: Vec::new(),
-            floats: Vec::new(), bools: Vec::new(), offsets: vec![0], text: Vec::new(),
-            last_row: usize::MAX,
+            name, kind: Kind::Null, rows: 0, nulls: 0, valid: Vec::with_capacity(hint.0),
+            ints: Vec::new(), floats: Vec::new(), bools: Vec::new(), offsets: vec![0],
+            text: Vec::new(), last_row: usize::MAX, hint,
         };
         for _ in 0..rows_before {
             col.push_null();
@@ -344,16 +347,29 @@ impl Column {
     fn become_kind(&mut self, kind: Kind) {
         self.kind = kind;
         let n = self.rows;
+        let rows = self.hint.0.max(n);
+        // Capacity for the whole batch now: no regrowth (a copy of everything so far)
+        // later. For text the payloads' size bounds it; untouched pages cost no memory.
         match kind {
-            Kind::Int => self.ints.resize(n, 0),
-            Kind::Float => self.floats.resize(n, 0.0),
+            Kind::Int => {
+                self.ints.reserve_exact(rows);
+                self.ints.resize(n, 0)
+            }
+            Kind::Float => {
+                self.floats.reserve_exact(rows);
+                self.floats.resize(n, 0.0)
+            }
             Kind::Bool => self.bools.resize(n, false),
-            Kind::Str => self.offsets.resize(n + 1, 0),
+            Kind::Str => {
+                self.offsets.reserve_exact(rows + 1);
+                self.offsets.resize(n + 1, 0);
+                self.text.reserve_exact(self.hint.1);
+            }
             Kind::Null => {}
         }
     }
 
-    fn push(&mut self, value: Scalar<'_>) -> Result<(), ()> {
+    fn push(&mut self, value: Scalar<'_>) -> R<()> {
         let wanted = match value {
             Scalar::Null => {
                 self.push_null();
@@ -367,9 +383,13 @@ impl Column {
         if self.kind == Kind::Null {
             self.become_kind(wanted);
         } else if self.kind == Kind::Int && wanted == Kind::Float {
-            // ints and floats -> float64 (as the Python path's rule), ints converted exactly
-            // as Python's float(int) does (round to nearest).
-            self.floats = self.ints.iter().map(|&i| i as f64).collect();
+            // ints and floats -> float64 (the Python path's rule). pyarrow refuses an int
+            // that a double cannot hold exactly: such a column is left to the Python path.
+            if self.ints.iter().any(|&i| i.unsigned_abs() > EXACT_IN_DOUBLE) {
+                return Err(());
+            }
+            self.floats = Vec::with_capacity(self.hint.0.max(self.rows));
+            self.floats.extend(self.ints.iter().map(|&i| i as f64));
             self.ints = Vec::new();
             self.kind = Kind::Float;
         } else if !(self.kind == wanted || (self.kind == Kind::Float && wanted == Kind::Int)) {
@@ -379,7 +399,9 @@ impl Column {
         self.valid.push(true);
         match (self.kind, value) {
             (Kind::Int, Scalar::Int(i)) => self.ints.push(i),
-            (Kind::Float, Scalar::Int(i)) => self.floats.push(i as f64),
+            (Kind::Float, Scalar::Int(i)) if i.unsigned_abs() <= EXACT_IN_DOUBLE => {
+                self.floats.push(i as f64)
+            }
             (Kind::Float, Scalar::Float(f)) => self.floats.push(f),
             (Kind::Bool, Scalar::Bool(b)) => self.bools.push(b),
             (Kind::Str, Scalar::Str(s)) => {
@@ -406,125 +428,232 @@ struct Builder {
     columns: Vec<Column>,
     index: HashMap<String, usize>,
     rows: usize,
+    hint: (usize, usize),
 }
 
-struct ScalarVisitor;
-
-impl<'de> Visitor<'de> for ScalarVisitor {
-    type Value = Scalar<'de>;
-
-    fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str("a JSON scalar")
-    }
-    fn visit_unit<E: serde::de::Error>(self) -> Result<Self::Value, E> {
-        Ok(Scalar::Null)
-    }
-    fn visit_bool<E: serde::de::Error>(self, v: bool) -> Result<Self::Value, E> {
-        Ok(Scalar::Bool(v))
-    }
-    fn visit_i64<E: serde::de::Error>(self, v: i64) -> Result<Self::Value, E> {
-        Ok(Scalar::Int(v))
-    }
-    fn visit_u64<E: serde::de::Error>(self, v: u64) -> Result<Self::Value, E> {
-        // Beyond int64 the Python path writes the number as text: leave it to it.
-        i64::try_from(v).map(Scalar::Int).map_err(|_| E::custom("int beyond int64"))
-    }
-    fn visit_f64<E: serde::de::Error>(self, v: f64) -> Result<Self::Value, E> {
-        // "-0" is the int 0 to orjson and -0.0 here: too close to call, let Python decide.
-        if v == 0.0 && v.is_sign_negative() {
-            return Err(E::custom("negative zero"));
-        }
-        Ok(Scalar::Float(v))
-    }
-    fn visit_borrowed_str<E: serde::de::Error>(self, v: &'de str) -> Result<Self::Value, E> {
-        Ok(Scalar::Str(Cow::Borrowed(v)))
-    }
-    fn visit_str<E: serde::de::Error>(self, v: &str) -> Result<Self::Value, E> {
-        Ok(Scalar::Str(Cow::Owned(v.to_owned())))
-    }
-    fn visit_string<E: serde::de::Error>(self, v: String) -> Result<Self::Value, E> {
-        Ok(Scalar::Str(Cow::Owned(v)))
-    }
-    fn visit_map<A: MapAccess<'de>>(self, _map: A) -> Result<Self::Value, A::Error> {
-        Err(A::Error::custom("nested object"))
-    }
-    fn visit_seq<A: serde::de::SeqAccess<'de>>(self, _seq: A) -> Result<Self::Value, A::Error> {
-        Err(A::Error::custom("nested array"))
-    }
+/// A strict reader of one JSON object whose values are scalars (RFC 8259 grammar).
+///
+/// It accepts only what it is sure of: anything else (a nested value, a number out of
+/// int64 or float range, a lone surrogate, a syntax error, ...) is `Err(())`, and the
+/// Python path (orjson) decides that payload. The payload is valid UTF-8 (checked
+/// first), so string bytes between escapes can be copied as they are.
+struct Reader<'a> {
+    data: &'a [u8],
+    pos: usize,
 }
 
-struct ScalarSeed;
+type R<T> = Result<T, ()>;
 
-impl<'de> DeserializeSeed<'de> for ScalarSeed {
-    type Value = Scalar<'de>;
-    fn deserialize<D: Deserializer<'de>>(self, d: D) -> Result<Self::Value, D::Error> {
-        d.deserialize_any(ScalarVisitor)
-    }
-}
-
-struct KeyVisitor;
-
-impl<'de> Visitor<'de> for KeyVisitor {
-    type Value = Cow<'de, str>;
-    fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str("a key")
-    }
-    fn visit_borrowed_str<E: serde::de::Error>(self, v: &'de str) -> Result<Self::Value, E> {
-        Ok(Cow::Borrowed(v))
-    }
-    fn visit_str<E: serde::de::Error>(self, v: &str) -> Result<Self::Value, E> {
-        Ok(Cow::Owned(v.to_owned()))
-    }
-    fn visit_string<E: serde::de::Error>(self, v: String) -> Result<Self::Value, E> {
-        Ok(Cow::Owned(v))
-    }
-}
-
-struct KeySeed;
-
-impl<'de> DeserializeSeed<'de> for KeySeed {
-    type Value = Cow<'de, str>;
-    fn deserialize<D: Deserializer<'de>>(self, d: D) -> Result<Self::Value, D::Error> {
-        d.deserialize_str(KeyVisitor)
-    }
-}
-
-struct RecordSeed<'b> {
-    builder: &'b mut Builder,
-}
-
-impl<'de, 'b> DeserializeSeed<'de> for RecordSeed<'b> {
-    type Value = ();
-    fn deserialize<D: Deserializer<'de>>(self, d: D) -> Result<(), D::Error> {
-        d.deserialize_any(self)
-    }
-}
-
-impl<'de, 'b> Visitor<'de> for RecordSeed<'b> {
-    type Value = ();
-    fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str("a JSON object")
-    }
-    fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<(), A::Error> {
-        let b = self.builder;
-        let row = b.rows;
-        while let Some(key) = map.next_key_seed(KeySeed)? {
-            let value = map.next_value_seed(ScalarSeed)?;
-            let at = match b.index.get(key.as_ref()) {
-                Some(&at) => at,
-                None => {
-                    let at = b.columns.len();
-                    b.index.insert(key.clone().into_owned(), at);
-                    b.columns.push(Column::new(key.into_owned(), row));
-                    at
-                }
-            };
-            let col = &mut b.columns[at];
-            if col.last_row == row {
-                return Err(A::Error::custom("duplicate key"));
+impl<'a> Reader<'a> {
+    fn ws(&mut self) {
+        while let Some(&b) = self.data.get(self.pos) {
+            if b == b' ' || b == b'\n' || b == b'\r' || b == b'\t' {
+                self.pos += 1;
+            } else {
+                break;
             }
-            col.last_row = row;
-            col.push(value).map_err(|_| A::Error::custom("mixed types"))?;
+        }
+    }
+
+    fn eat(&mut self, byte: u8) -> R<()> {
+        self.ws();
+        if self.data.get(self.pos) == Some(&byte) {
+            self.pos += 1;
+            Ok(())
+        } else {
+            Err(())
+        }
+    }
+
+    fn literal(&mut self, word: &[u8]) -> R<()> {
+        if self.data[self.pos..].starts_with(word) {
+            self.pos += word.len();
+            Ok(())
+        } else {
+            Err(())
+        }
+    }
+
+    fn hex4(&mut self) -> R<u32> {
+        let digits = self.data.get(self.pos..self.pos + 4).ok_or(())?;
+        let text = std::str::from_utf8(digits).map_err(|_| ())?;
+        if !digits.iter().all(u8::is_ascii_hexdigit) {
+            return Err(());
+        }
+        self.pos += 4;
+        u32::from_str_radix(text, 16).map_err(|_| ())
+    }
+
+    /// The string at `pos` (after its opening quote): borrowed when it has no escapes.
+    fn string(&mut self) -> R<Cow<'a, str>> {
+        let data = self.data;
+        let mut owned: Option<String> = None;
+        let mut start = self.pos;
+        loop {
+            let at = start + memchr::memchr2(b'"', b'\\', &data[start..]).ok_or(())?;
+            let segment = &data[start..at];
+            // No early exit: the compiler turns this into SIMD over the whole segment.
+            if segment.iter().fold(false, |seen, &b| seen | (b < 0x20)) {
+                return Err(()); // a control character must be escaped
+            }
+            // Valid UTF-8 (the payload was checked) and cut at ASCII bytes: still valid.
+            let text = unsafe { std::str::from_utf8_unchecked(segment) };
+            if data[at] == b'"' {
+                self.pos = at + 1;
+                return Ok(match owned {
+                    None => Cow::Borrowed(text),
+                    Some(mut s) => {
+                        s.push_str(text);
+                        Cow::Owned(s)
+                    }
+                });
+            }
+            let s = owned.get_or_insert_with(String::new);
+            s.push_str(text);
+            self.pos = at + 1;
+            let escape = *data.get(self.pos).ok_or(())?;
+            self.pos += 1;
+            match escape {
+                b'"' => s.push('"'),
+                b'\\' => s.push('\\'),
+                b'/' => s.push('/'),
+                b'b' => s.push('\u{8}'),
+                b'f' => s.push('\u{c}'),
+                b'n' => s.push('\n'),
+                b'r' => s.push('\r'),
+                b't' => s.push('\t'),
+                b'u' => {
+                    let first = self.hex4()?;
+                    let code = if (0xD800..0xDC00).contains(&first) {
+                        // a high surrogate: a low one must follow
+                        self.literal(b"\\u")?;
+                        let second = self.hex4()?;
+                        if !(0xDC00..0xE000).contains(&second) {
+                            return Err(());
+                        }
+                        0x10000 + ((first - 0xD800) << 10) + (second - 0xDC00)
+                    } else if (0xDC00..0xE000).contains(&first) {
+                        return Err(()); // a lone low surrogate
+                    } else {
+                        first
+                    };
+                    s.push(char::from_u32(code).ok_or(())?);
+                }
+                _ => return Err(()),
+            }
+            start = self.pos;
+        }
+    }
+
+    /// A number by the JSON grammar: an integer literal is an int64 (or refused), any
+    /// other a finite float (correctly rounded, as Python and orjson parse it).
+    fn number(&mut self) -> R<Scalar<'a>> {
+        let data = self.data;
+        let begin = self.pos;
+        let mut p = begin;
+        if data.get(p) == Some(&b'-') {
+            p += 1;
+        }
+        match data.get(p) {
+            Some(b'0') => p += 1,
+            Some(b'1'..=b'9') => {
+                while matches!(data.get(p), Some(b'0'..=b'9')) {
+                    p += 1;
+                }
+            }
+            _ => return Err(()),
+        }
+        let mut integer = true;
+        if data.get(p) == Some(&b'.') {
+            integer = false;
+            p += 1;
+            if !matches!(data.get(p), Some(b'0'..=b'9')) {
+                return Err(());
+            }
+            while matches!(data.get(p), Some(b'0'..=b'9')) {
+                p += 1;
+            }
+        }
+        if matches!(data.get(p), Some(b'e' | b'E')) {
+            integer = false;
+            p += 1;
+            if matches!(data.get(p), Some(b'+' | b'-')) {
+                p += 1;
+            }
+            if !matches!(data.get(p), Some(b'0'..=b'9')) {
+                return Err(());
+            }
+            while matches!(data.get(p), Some(b'0'..=b'9')) {
+                p += 1;
+            }
+        }
+        self.pos = p;
+        let text = std::str::from_utf8(&data[begin..p]).map_err(|_| ())?;
+        if integer {
+            // Beyond int64 the Python path writes the number as text (or a float): its call.
+            return text.parse::<i64>().map(Scalar::Int).map_err(|_| ());
+        }
+        let value = text.parse::<f64>().map_err(|_| ())?;
+        if value.is_finite() { Ok(Scalar::Float(value)) } else { Err(()) }
+    }
+
+    fn value(&mut self) -> R<Scalar<'a>> {
+        self.ws();
+        match *self.data.get(self.pos).ok_or(())? {
+            b'"' => {
+                self.pos += 1;
+                self.string().map(Scalar::Str)
+            }
+            b't' => self.literal(b"true").map(|_| Scalar::Bool(true)),
+            b'f' => self.literal(b"false").map(|_| Scalar::Bool(false)),
+            b'n' => self.literal(b"null").map(|_| Scalar::Null),
+            b'-' | b'0'..=b'9' => self.number(),
+            _ => Err(()), // an object, an array, or not JSON: the Python path decides
+        }
+    }
+
+    /// One record into `b` (row `b.rows`).
+    fn record(&mut self, b: &mut Builder) -> R<()> {
+        let row = b.rows;
+        self.eat(b'{')?;
+        self.ws();
+        if self.data.get(self.pos) == Some(&b'}') {
+            self.pos += 1;
+        } else {
+            loop {
+                self.eat(b'"')?;
+                let key = self.string()?;
+                self.eat(b':')?;
+                let value = self.value()?;
+                let at = match b.index.get(key.as_ref()) {
+                    Some(&at) => at,
+                    None => {
+                        let at = b.columns.len();
+                        b.index.insert(key.to_string(), at);
+                        b.columns.push(Column::new(key.into_owned(), row, b.hint));
+                        at
+                    }
+                };
+                let col = &mut b.columns[at];
+                if col.last_row == row {
+                    return Err(()); // a duplicate key
+                }
+                col.last_row = row;
+                col.push(value)?;
+                self.ws();
+                match self.data.get(self.pos) {
+                    Some(b',') => self.pos += 1,
+                    Some(b'}') => {
+                        self.pos += 1;
+                        break;
+                    }
+                    _ => return Err(()),
+                }
+            }
+        }
+        self.ws();
+        if self.pos != self.data.len() {
+            return Err(()); // something after the object
         }
         for col in b.columns.iter_mut() {
             if col.last_row != row {
@@ -538,13 +667,43 @@ impl<'de, 'b> Visitor<'de> for RecordSeed<'b> {
 }
 
 fn build(payloads: &[PyBackedBytes]) -> Option<Builder> {
-    let mut builder = Builder { columns: Vec::new(), index: HashMap::new(), rows: 0 };
+    let bytes = payloads.iter().map(|p| p.len()).sum();
+    let mut builder = Builder { columns: Vec::new(), index: HashMap::new(), rows: 0,
+                                hint: (payloads.len(), bytes) };
     for payload in payloads {
-        let mut de = serde_json::Deserializer::from_slice(payload.as_ref());
-        RecordSeed { builder: &mut builder }.deserialize(&mut de).ok()?;
-        de.end().ok()?;
+        let data: &[u8] = payload.as_ref();
+        std::str::from_utf8(data).ok()?; // invalid UTF-8 anywhere: orjson refuses it
+        Reader { data, pos: 0 }.record(&mut builder).ok()?;
     }
     Some(builder)
+}
+
+/// Bytes owned by Rust, lent to Python through the buffer protocol (no copy):
+/// `pyarrow.py_buffer(Buffer)` wraps them as an Arrow buffer.
+#[pyclass(module = "unsflow_speedups", frozen)]
+struct Buffer {
+    data: Vec<u8>,
+}
+
+#[pymethods]
+impl Buffer {
+    fn __len__(&self) -> usize {
+        self.data.len()
+    }
+
+    unsafe fn __getbuffer__(slf: Bound<'_, Self>, view: *mut pyo3::ffi::Py_buffer,
+                            flags: std::os::raw::c_int) -> PyResult<()> {
+        let data = &slf.get().data;
+        // Read-only: PyBuffer_FillInfo refuses a writable request, and keeps a reference
+        // to this object in the view, so the bytes live as long as any view of them.
+        let rc = unsafe {
+            pyo3::ffi::PyBuffer_FillInfo(view, slf.as_ptr(), data.as_ptr() as *mut _,
+                                         data.len() as pyo3::ffi::Py_ssize_t, 1, flags)
+        };
+        if rc == -1 { Err(PyErr::fetch(slf.py())) } else { Ok(()) }
+    }
+
+    unsafe fn __releasebuffer__(&self, _view: *mut pyo3::ffi::Py_buffer) {}
 }
 
 fn bitmap(bits: &[bool]) -> Vec<u8> {
@@ -569,7 +728,8 @@ fn le_bytes<T: Copy, const N: usize>(values: &[T], to: fn(T) -> [u8; N]) -> Vec<
 /// payload is not a flat object of plain values with one type per field (see the module
 /// comment). A column is `(name, kind, null_count, validity, data, offsets)`: kind is
 /// null, int64, float64, bool or string; validity (None without nulls) and bool data are
-/// Arrow bitmaps; string offsets are int32 (Arrow's string layout).
+/// Arrow bitmaps; string offsets are int32 (Arrow's string layout). Data and offsets are
+/// `Buffer`s (bytes lent without a copy), validity is bytes.
 #[pyfunction]
 fn json_columns<'py>(py: Python<'py>, payloads: Vec<PyBackedBytes>)
                      -> PyResult<Option<Bound<'py, PyList>>> {
@@ -592,7 +752,7 @@ fn json_columns<'py>(py: Python<'py>, payloads: Vec<PyBackedBytes>)
             Kind::Str => ("string", col.text, Some(le_bytes(&col.offsets, i32::to_le_bytes))),
         };
         let offsets = match offsets {
-            Some(o) => PyBytes::new(py, &o).into_any(),
+            Some(o) => Bound::new(py, Buffer { data: o })?.into_any(),
             None => py.None().into_bound(py),
         };
         out.append(PyTuple::new(py, [
@@ -600,7 +760,7 @@ fn json_columns<'py>(py: Python<'py>, payloads: Vec<PyBackedBytes>)
             PyString::new(py, kind).into_any(),
             col.nulls.into_pyobject(py)?.into_any(),
             validity,
-            PyBytes::new(py, &data).into_any(),
+            Bound::new(py, Buffer { data })?.into_any(),
             offsets,
         ])?)?;
     }
@@ -610,6 +770,7 @@ fn json_columns<'py>(py: Python<'py>, payloads: Vec<PyBackedBytes>)
 #[pymodule]
 fn unsflow_speedups(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_class::<TopicCache>()?;
+    m.add_class::<Buffer>()?;
     m.add_function(wrap_pyfunction!(scan_publishes, m)?)?;
     m.add_function(wrap_pyfunction!(json_columns, m)?)?;
     m.add("__version__", env!("CARGO_PKG_VERSION"))?;

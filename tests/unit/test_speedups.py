@@ -10,6 +10,7 @@ and a missing module fails here.
 
 from __future__ import annotations
 
+import json
 import shutil
 import struct
 from typing import Any
@@ -134,6 +135,14 @@ payload_batches = st.one_of(
         lambda v: orjson.dumps({"seq": v[0], "value": v[1], "machine": v[2], "ok": v[3]})),
         min_size=1, max_size=30),
     st.lists(st.binary(max_size=20), min_size=1, max_size=5),
+    # spacing, indentation, escaped non-ASCII, long strings
+    st.lists(st.tuples(st.dictionaries(st.text(max_size=4), st.none() | st.booleans()
+                                       | st.integers(-(2**63), 2**63 - 1)
+                                       | st.floats(allow_nan=False, allow_infinity=False)
+                                       | st.text(max_size=300), max_size=4),
+                       st.sampled_from([None, 0, 2]), st.booleans()).map(
+        lambda v: json.dumps(v[0], indent=v[1], ensure_ascii=v[2]).encode()),
+        min_size=1, max_size=8),
 )
 
 
@@ -172,7 +181,13 @@ def test_json_columns_takes_a_steady_stream_and_leaves_the_rest() -> None:
     assert [(c[0], c[1]) for c in cols] == [("seq", "int64"), ("value", "float64"),
                                             ("m", "string"), ("ok", "bool"), ("x", "null")]
     for odd in (b'{"a": {"b": 1}}', b'{"a": [1]}', b"[1]", b'{"a": 1, "a": 2}',
-                b'{"a": 18446744073709551615}', b"not json", b'{"a": -0}'):
+                b'{"a": 18446744073709551615}', b"not json", b'{"a": 1e400}', b'{"a": 01}',
+                b'{"a": "\\ud800"}', b'{"a": "tab\tinside"}', b'{"a": 1,}', b'{"a": 1} x',
+                b'{"a": "\xff"}', b'{"a": NaN}', b'{"a": .5}', b'{"a": 1.}', b'{"a": +1}'):
         assert fast.json_columns([good[0], odd]) is None, odd
+    (_, kind, _, _, data, _), = fast.json_columns([b'{"a": -0}'])  # orjson: the int 0
+    assert kind == "int64" and bytes(data) == bytes(8)
+    (_, kind, _, _, data, offsets), = fast.json_columns([b'{"a": "\\u00e9\\ud83d\\ude00\\n"}'])
+    assert kind == "string" and bytes(data) == "\u00e9\U0001F600\n".encode()
     mixed = [b'{"a": 1}', b'{"a": "x"}']
     assert fast.json_columns(mixed) is None
