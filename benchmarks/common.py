@@ -265,7 +265,7 @@ class Unsflow:
         if profile:  # a py-spy profile of unsflow (collapsed stacks), for benchmarks/profile.py
             spy = shutil.which("py-spy") or str(Path(sys.executable).parent / "py-spy")
             out = f"{profile}.{self.path.stem}.txt"
-            command = [spy, "record", "-r", "200", "--threads", "-f", "raw", "-o", out, "--", *command]
+            command = [spy, "record", "-r", "200", "--threads", *(["--native"] if os.environ.get("UNSFLOW_BENCH_PROFILE_NATIVE") else []), "-f", "raw", "-o", out, "--", *command]
         self.proc = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
                                      text=True, env=self.env)
         self._pid = self.proc.pid
