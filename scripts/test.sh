@@ -65,7 +65,10 @@ bash scripts/speedups.sh "$PYTHON"
 # built: MinIO from its Go module, Kafka's jars from Maven Central) before
 # pytest, so that no first-time build runs inside a test's timeout.
 # A service that cannot start fails here, loudly, with its log tail.
-bash scripts/services.sh up mosquitto minio moto kafka
+bash scripts/services.sh up mosquitto minio moto kafka chromium
+# The deployment tests' tools, for the same reason: kustomize and toxiproxy built from
+# their Go modules, the pinned CRDs collected (once per machine, then cached).
+bash scripts/tools.sh build
 
 # The e2e tests run the `unsflow` command: take the one installed beside this Python.
 PATH="$("$PYTHON" -c 'import os, sys; print(os.path.dirname(sys.executable))'):$PATH"

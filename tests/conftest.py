@@ -232,6 +232,30 @@ def s3_bucket(minio: AwsEndpoint, request: pytest.FixtureRequest) -> Iterator[st
     s3.delete_bucket(Bucket=bucket)
 
 
+@pytest.fixture(scope="session")
+def chromium() -> str:
+    """The executable of Debian's Chromium (scripts/services.sh up chromium installs it).
+
+    The dashboard's browser tests drive it with Playwright (``executable_path``);
+    Playwright's own browser downloads are never used. Missing, it fails the test.
+    """
+    return str(services_up("chromium")["executable"])
+
+
+@pytest.fixture(scope="module")
+def browser(chromium: str) -> Iterator[Any]:
+    """Headless Chromium for one test module, driven by Playwright (tests/e2e/browser.py)."""
+    from playwright.sync_api import sync_playwright
+
+    from tests.e2e.browser import CHROMIUM_ARGS
+
+    args = [*CHROMIUM_ARGS, *(["--no-sandbox"] if os.geteuid() == 0 else [])]  # root
+    with sync_playwright() as pw:
+        launched = pw.chromium.launch(executable_path=chromium, args=args)
+        yield launched
+        launched.close()
+
+
 @dataclass(frozen=True)
 class KafkaCluster:
     """The test Kafka (KRaft, one node): PLAINTEXT on ``bootstrap``, SASL_SSL SCRAM on ``sasl_bootstrap``."""
@@ -296,6 +320,45 @@ def kafka_topic(request: pytest.FixtureRequest) -> str:
     """``t.<test name>.<8 hex>``: a Kafka topic (and group id stem) no other test uses."""
     name = re.sub(r"[^A-Za-z0-9_-]+", "_", request.node.name).strip("_")[:80]
     return f"t.{name}.{uuid.uuid4().hex[:8]}"
+
+
+@dataclass(frozen=True)
+class OpcuaServer:
+    """The test OPC UA server (Eclipse Milo, scripts/services.d/opcua.sh)."""
+
+    endpoint: str
+    port: int
+    username: str
+    password: str
+    env: dict[str, str] = field(default_factory=dict, repr=False, compare=False)
+
+    def start(self) -> None:
+        services("up", "opcua", self.env or None)
+
+    def stop(self) -> None:
+        services("down", "opcua", self.env or None)
+
+
+def _opcua(info: dict[str, Any], env: dict[str, str] | None = None) -> OpcuaServer:
+    return OpcuaServer(info["endpoint"], int(info["port"]), info["username"], info["password"],
+                       env or {})
+
+
+@pytest.fixture(scope="session")
+def opcua_server() -> OpcuaServer:
+    """The shared OPC UA server, started if it is not running. Never stop it in a test."""
+    return _opcua(services_up("opcua"))
+
+
+@pytest.fixture(scope="module")
+def own_opcua_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[OpcuaServer]:
+    """An OPC UA server of this module's own, which its tests may stop and start."""
+    env = dict(os.environ)
+    env.update(UNSFLOW_SERVICES_DIR=str(tmp_path_factory.mktemp("opcua-services")),
+               UNSFLOW_OPCUA_PORT=str(_free_ports(1)[0]))
+    server = _opcua(services_up("opcua", env), env)
+    yield server
+    services("down", "opcua", env)
 
 
 def pytest_collection_finish(session: pytest.Session) -> None:

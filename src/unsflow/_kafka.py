@@ -25,7 +25,7 @@ from typing import TYPE_CHECKING, Any, Literal, Self
 from pydantic import Field, model_validator
 
 from unsflow.config.models import Model, SecretRef
-from unsflow.errors import MissingDependency, NotConnected
+from unsflow.errors import AccessDenied, MissingDependency, PermanentError
 
 if TYPE_CHECKING:
     from unsflow.components import Context
@@ -174,14 +174,15 @@ class ErrorWatch:
 def check_connection(client: Any, watch: ErrorWatch, config: KafkaConnectionConfig,
                      component_id: str, timeout: float,
                      poll: Callable[[], object] | None = None) -> bool:
-    """One metadata request. A refused login or TLS handshake raises NotConnected.
+    """One metadata request. A refused login raises AccessDenied, a failed TLS handshake
+    PermanentError: no retry fixes either.
 
     An unreachable cluster only returns False: librdkafka keeps reconnecting,
     and a target that is down must not stop the pipeline. Call from a thread;
     ``error_cb`` runs only when the client is polled: by another thread, or
     here with ``poll``.
     """
-    from confluent_kafka import KafkaException
+    from confluent_kafka import KafkaError, KafkaException
 
     deadline = time.monotonic() + timeout
     while True:
@@ -199,7 +200,8 @@ def check_connection(client: Any, watch: ErrorWatch, config: KafkaConnectionConf
             if config.security_protocol.startswith("SASL_") and config.credential is not None:
                 who = (f" of the user in secret {config.credential.secret_name!r} "
                        f"({config.sasl_mechanism})")
-            raise NotConnected(f"Kafka {config.bootstrap_servers} ({config.security_protocol}) "
-                               f"refused the login{who}: {auth.str()}", component_id=component_id)
+            error = PermanentError if auth.code() == KafkaError._SSL else AccessDenied
+            raise error(f"Kafka {config.bootstrap_servers} ({config.security_protocol}) "
+                        f"refused the login{who}: {auth.str()}", component_id=component_id)
         if time.monotonic() >= deadline:
             return False

@@ -368,5 +368,16 @@ def _add_ml_commands() -> None:
 _add_ml_commands()
 
 
+def _add_app_commands() -> None:
+    from unsflow.dashboard.command import dashboard_command
+    from unsflow.demo.command import demo_command
+
+    main.add_command(dashboard_command)
+    main.add_command(demo_command)
+
+
+_add_app_commands()
+
+
 if __name__ == "__main__":  # pragma: no cover
     main()

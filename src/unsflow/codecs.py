@@ -20,7 +20,7 @@ from unsflow.errors import DecodeError
 from unsflow.message import NOT_DECODED, Failure, Message
 
 __all__ = ["decode_json", "decode_csv", "records_of", "ensure_records", "coerce_scalar",
-           "record_object", "json_objects"]
+           "record_object", "json_objects", "VALUE_COLUMNS", "value_column"]
 
 
 def decode_json(payload: bytes) -> Any:
@@ -198,3 +198,28 @@ def record_object(msg: Message) -> dict[str, Any]:
     if isinstance(record, (int, float)) and not isinstance(record, bool):
         return {"value": record}
     raise ValueError(f"record must be an object or a number, found {record!r:.60}")
+
+
+# The typed value columns of sources and decoders with mixed value types per record
+# (Sparkplug metrics, OPC UA nodes), so that one Parquet file keeps each type's column.
+VALUE_COLUMNS = ("value_int", "value_float", "value_bool", "value_string", "value_json")
+_INT64 = 1 << 63
+
+
+def value_column(value: Any) -> tuple[str, Any]:
+    """The typed column a value goes to, and the value as stored there: ints in
+    int64 (beyond int64, decimal text), floats, bools, text; lists and objects as JSON text.
+
+    >>> [value_column(v) for v in (3, 2.5, True, "on", [1, 2], 1 << 64)]
+    [('value_int', 3), ('value_float', 2.5), ('value_bool', True), ('value_string', 'on'), ('value_json', '[1,2]'), ('value_string', '18446744073709551616')]
+    """
+    kind = type(value)
+    if kind is bool:
+        return "value_bool", value
+    if kind is int:
+        return ("value_int", value) if -_INT64 <= value < _INT64 else ("value_string", str(value))
+    if kind is float:
+        return "value_float", value
+    if kind is str:
+        return "value_string", value
+    return "value_json", orjson.dumps(value, option=orjson.OPT_NON_STR_KEYS).decode()

@@ -12,16 +12,27 @@
     │       ├── DecodeError      a payload that cannot be decoded into a record
     │       └── AccessDenied     a refused login, authorisation or ACL: fix the credential
     ├── ReloadFailed             a valid new config could not start; the previous one runs on
+    ├── NotRunning               the pipeline is starting or stopping: a reload cannot begin
+    ├── DeliveryFailed           a batch could be neither delivered nor dead-lettered: the
+    │                            pipeline stops (its source redelivers what was not acked)
+    ├── SpoolFull                the spool cannot take a batch now (max-bytes, or the disk refused)
+    ├── SpoolInUse               another process holds the spool directory
     ├── LakeError                the data lake cannot be read (no such directory, bad URL)
     ├── ModelStoreError          the model store cannot be read or written (names store, model)
     │   ├── ModelNotFound        no such model, or no such (complete) version
     │   └── ModelCorrupt         an artifact that cannot be read or loaded
+    ├── TrainingDataError        the lake or the ground truth cannot give training data
+    ├── ProtocolError            an inference request the server rejects; carries the HTTP status
+    ├── DashboardError           a dashboard request that cannot be answered; carries the HTTP status
     ├── MissingDependency        an optional extra is not installed; names the extra
     └── IncompatibleDependency   an installed library lacks a part unsflow relies on (a
                                  renamed private hook); names it and the library version
 
-Third-party exceptions (gmqtt, httpx, pyarrow, obstore) are mapped to these at
-the component boundary: ``raise TransientError(...) from exc``.
+Third-party exceptions (gmqtt, paho, httpx, obstore, pyarrow, botocore,
+confluent-kafka) are mapped to these at the component boundary:
+``raise TransientError(...) from exc``; ``tests/unit/test_error_boundaries.py``
+raises every exception class of those libraries at each boundary and fails on
+one that escapes. Deadlines that pass raise the built-in :class:`TimeoutError`.
 """
 
 from __future__ import annotations
@@ -40,10 +51,17 @@ __all__ = [
     "DecodeError",
     "AccessDenied",
     "ReloadFailed",
+    "NotRunning",
+    "DeliveryFailed",
+    "SpoolFull",
+    "SpoolInUse",
     "LakeError",
     "ModelStoreError",
     "ModelNotFound",
     "ModelCorrupt",
+    "TrainingDataError",
+    "ProtocolError",
+    "DashboardError",
     "MissingDependency",
     "IncompatibleDependency",
 ]
@@ -116,6 +134,25 @@ class ReloadFailed(UnsflowError):
     """A valid config could not be started; the previous one runs again."""
 
 
+class NotRunning(UnsflowError):
+    """The pipeline is not running (starting, or stopping): a reload cannot begin now."""
+
+
+class DeliveryFailed(UnsflowError):
+    """A batch could be neither delivered nor dead-lettered (an unexpected error in the
+    engine or a component): its acknowledgement, and so every later one of its source,
+    can never be sent. The pipeline stops with this error instead of stalling; the
+    source's upstream redelivers what was not acknowledged."""
+
+
+class SpoolFull(UnsflowError):
+    """The spool cannot take this batch now (``max-bytes`` reached, or the disk refused)."""
+
+
+class SpoolInUse(UnsflowError):
+    """Another process holds the spool directory."""
+
+
 class LakeError(UnsflowError):
     """The data lake cannot be read: no such directory, an unsupported URL."""
 
@@ -130,6 +167,29 @@ class ModelNotFound(ModelStoreError):
 
 class ModelCorrupt(ModelStoreError):
     """A model artifact that cannot be read (bad JSON, missing model file) or loaded."""
+
+
+class TrainingDataError(UnsflowError):
+    """The lake or the ground truth cannot give training data; the message says why."""
+
+
+class ProtocolError(UnsflowError):
+    """An inference request the server rejects: ``status`` (400, 404, 413, 500) and the
+    text for the answer's ``{"error"}``."""
+
+    def __init__(self, status: int, message: str) -> None:
+        super().__init__(message)
+        self.status = status
+        self.message = message
+
+
+class DashboardError(UnsflowError):
+    """A dashboard request that cannot be answered (a lake path outside the lake, a missing
+    object); ``status`` is the HTTP status the dashboard answers with."""
+
+    def __init__(self, message: str, status: int = 400) -> None:
+        super().__init__(message)
+        self.status = status
 
 
 class MissingDependency(UnsflowError):

@@ -28,6 +28,7 @@ BUILTINS: dict[str, dict[str, str]] = {
     "sources": {
         "mqtt": "unsflow.sources.mqtt:MqttSource",
         "kafka": "unsflow.sources.kafka:KafkaSource",
+        "opcua": "unsflow.sources.opcua:OpcuaSource",
     },
     "processors": {
         "remote": "unsflow.processors.remote:RemoteProcessor",
@@ -37,6 +38,7 @@ BUILTINS: dict[str, dict[str, str]] = {
         "threshold": "unsflow.processors.threshold:ThresholdProcessor",
         "model": "unsflow.processors.model:ModelProcessor",
         "filter": "unsflow.processors.filter:FilterProcessor",
+        "sparkplug": "unsflow.processors.sparkplug:SparkplugProcessor",
     },
     "targets": {
         "s3": "unsflow.targets.object_store:ObjectStoreTarget",

@@ -20,6 +20,8 @@ from tests.conftest import _free_ports
 from tests.e2e.helpers import UnsflowProcess, wait_for_rows
 from unsflow.testing import Collector
 
+pytestmark = pytest.mark.e2e
+
 WINDOW = 5
 INTERVAL = 0.02  # seconds between two readings of a sensor
 MACHINES = ["press-1", "press-2", "press-3"]

@@ -23,6 +23,8 @@ from tests.e2e.helpers import (
 )
 from unsflow.testing import publish_numbered
 
+pytestmark = pytest.mark.e2e
+
 EXAMPLE = Path(__file__).parents[2] / "examples" / "local-datalake.json"
 TOTAL = 20_000
 

@@ -18,6 +18,8 @@ import pytest
 from tests.e2e.helpers import UnsflowProcess, wait_for_rows
 from unsflow.testing import Collector, publish
 
+pytestmark = pytest.mark.e2e
+
 EXAMPLES = Path(__file__).parents[2] / "examples"
 
 

@@ -26,6 +26,8 @@ from tests.e2e.test_reference_config import inference_server  # noqa: F401  (a f
 from unsflow.lake import open_lake
 from unsflow.testing import Collector, publish
 
+pytestmark = pytest.mark.e2e
+
 EXAMPLES = Path(__file__).parents[2] / "examples"
 
 

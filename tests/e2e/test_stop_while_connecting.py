@@ -49,18 +49,26 @@ def stop_and_time(proc: UnsflowProcess, sig: int, wait_for: str) -> tuple[int, f
     return code, time.monotonic() - started
 
 
-def mqtt_config(tmp_path: Path, port: int) -> Path:
-    cfg = tmp_path / "uns.json"
+def write_config(tmp_path: Path, name: str, **sections: object) -> Path:
+    """A config with a file target, ``sections`` added (the source under test)."""
+    cfg = tmp_path / name
     cfg.write_text(json.dumps({
-        "mqtt-broker": {"host": "127.0.0.1", "port": port, "client-id": "stop-while-connecting"},
         "targets": {"lake": {"type": "file", "path": str(tmp_path / "out.jsonl")}},
-        "subscriptions": {"acme/#": {"qos": 1, "target": "lake"}},
         "shutdown-timeout": DEADLINE,
         "dead-letter": {"path": str(tmp_path / "dead.jsonl")},
         "spool": {"path": str(tmp_path / "spool")},
         "http": {"port": 0},
+        **sections,
     }))
     return cfg
+
+
+def mqtt_config(tmp_path: Path, port: int) -> Path:
+    return write_config(
+        tmp_path, "uns.json",
+        **{"mqtt-broker": {"host": "127.0.0.1", "port": port,
+                           "client-id": "stop-while-connecting"},
+           "subscriptions": {"acme/#": {"qos": 1, "target": "lake"}}})
 
 
 @pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT], ids=["SIGTERM", "SIGINT"])
@@ -88,17 +96,9 @@ def test_run_stops_while_the_broker_accepts_but_never_answers(tmp_path: Path) ->
 
 def test_run_stops_while_the_kafka_cluster_is_down(tmp_path: Path) -> None:
     port = nothing_listens()
-    cfg = tmp_path / "kafka.json"
-    cfg.write_text(json.dumps({
-        "sources": {"factory": {"type": "kafka", "bootstrap-servers": f"127.0.0.1:{port}",
-                                "topics": ["uns"], "group-id": "stop-while-connecting",
-                                "target": "lake"}},
-        "targets": {"lake": {"type": "file", "path": str(tmp_path / "out.jsonl")}},
-        "shutdown-timeout": DEADLINE,
-        "dead-letter": {"path": str(tmp_path / "dead.jsonl")},
-        "spool": {"path": str(tmp_path / "spool")},
-        "http": {"port": 0},
-    }))
+    cfg = write_config(tmp_path, "kafka.json", sources={"factory": {
+        "type": "kafka", "bootstrap-servers": f"127.0.0.1:{port}", "topics": ["uns"],
+        "group-id": "stop-while-connecting", "target": "lake"}})
     proc = UnsflowProcess(["run", str(cfg)], cwd=tmp_path, env={}).start()
     code, took = stop_and_time(proc, signal.SIGTERM, "not reachable")
     assert code == 0, proc.output
@@ -108,19 +108,12 @@ def test_run_stops_while_the_kafka_cluster_is_down(tmp_path: Path) -> None:
 def test_run_stops_while_the_secret_store_does_not_answer(tmp_path: Path) -> None:
     hung = silent_listener()
     try:
-        cfg = tmp_path / "secret.json"
-        cfg.write_text(json.dumps({
+        cfg = write_config(tmp_path, "secret.json", **{
             "mqtt-broker-credential": {"secret-name": "mqtt-credential",
                                        "secret-region": "us-east-1",
                                        "endpoint": f"http://127.0.0.1:{hung.getsockname()[1]}"},
             "mqtt-broker": {"host": "127.0.0.1", "port": nothing_listens()},
-            "targets": {"lake": {"type": "file", "path": str(tmp_path / "out.jsonl")}},
-            "subscriptions": {"acme/#": {"qos": 1, "target": "lake"}},
-            "shutdown-timeout": DEADLINE,
-            "dead-letter": {"path": str(tmp_path / "dead.jsonl")},
-            "spool": {"path": str(tmp_path / "spool")},
-            "http": {"port": 0},
-        }))
+            "subscriptions": {"acme/#": {"qos": 1, "target": "lake"}}})
         env = {"AWS_ACCESS_KEY_ID": "test", "AWS_SECRET_ACCESS_KEY": "test"}
         proc = UnsflowProcess(["run", str(cfg)], cwd=tmp_path, env=env).start()
         code, took = stop_and_time(proc, signal.SIGTERM, "[uns] connecting to 127.0.0.1:")

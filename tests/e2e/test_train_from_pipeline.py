@@ -23,6 +23,8 @@ from tests.ml_data import MACHINE, MANUELA_CSV, manuela_rows
 from unsflow.ml.store import ModelStore
 from unsflow.testing import publish
 
+pytestmark = pytest.mark.e2e
+
 
 def pipeline_config(root: Path, topic: str) -> dict:
     return {

@@ -72,7 +72,19 @@ def save_model(store_dir: Path, rows: list[dict[str, str]]) -> None:
 
 
 def config(tmp_path: Path, broker: Any, prefix: str, run: str) -> Path:
-    chain = ["csv", "windows", "score"]
+    def demo_chain(suffix: str) -> dict[str, Any]:
+        """The demo's parse -> window -> model; each target gets its own (one window
+        processor serves one target)."""
+        return {
+            f"csv{suffix}": {"type": "parse", "format": "csv",
+                             "columns": ["machineId", "deviceId", "value", "epochMillis"]},
+            f"windows{suffix}": {"type": "window", "size": WINDOW, "time-field": "epochMillis",
+                                 "key-fields": ["machineId", "deviceId"]},
+            f"score{suffix}": {"type": "model", "store": str(tmp_path / "models"),
+                               "model": "vibration", "input-field": "window",
+                               "output-field": "anomaly"},
+        }
+
     data = {
         "mqtt-broker": {"host": broker.host, "port": broker.port,
                         "client-id": f"burst-{run}-{prefix.rsplit('/', 1)[-1]}",
@@ -82,25 +94,11 @@ def config(tmp_path: Path, broker: Any, prefix: str, run: str) -> Path:
                         # small batches are in flight together (the issue's overtaking case).
                         "receive-maximum": 300},
         "subscriptions": {f"{prefix}/{run}/{TOPIC}": {"qos": 1, "target": ["scored", "alerts"]}},
-        "processors": {
-            "csv": {"type": "parse", "format": "csv",
-                    "columns": ["machineId", "deviceId", "value", "epochMillis"]},
-            "windows": {"type": "window", "size": WINDOW,
-                        "key-fields": ["machineId", "deviceId"], "time-field": "epochMillis"},
-            "score": {"type": "model", "store": str(tmp_path / "models"), "model": "vibration",
-                      "input-field": "window", "output-field": "anomaly"},
-            # the alert path has its own window: one window processor serves one target
-            "csv-a": {"type": "parse", "format": "csv",
-                      "columns": ["machineId", "deviceId", "value", "epochMillis"]},
-            "windows-a": {"type": "window", "size": WINDOW,
-                          "key-fields": ["machineId", "deviceId"], "time-field": "epochMillis"},
-            "score-a": {"type": "model", "store": str(tmp_path / "models"), "model": "vibration",
-                        "input-field": "window", "output-field": "anomaly"},
-            "anomalies": {"type": "filter", "field": "anomaly", "equals": 1},
-        },
+        "processors": {**demo_chain(""), **demo_chain("-a"),
+                       "anomalies": {"type": "filter", "field": "anomaly", "equals": 1}},
         "targets": {
             "scored": {"type": "file", "path": str(tmp_path / f"scored-{run}.jsonl"),
-                       "processors": chain},
+                       "processors": ["csv", "windows", "score"]},
             "alerts": {"type": "mqtt", "topic": f"{prefix}/{run}/alerts",
                        "processors": ["csv-a", "windows-a", "score-a", "anomalies"]},
         },

@@ -12,7 +12,7 @@ from collections.abc import Iterator
 import pytest
 
 import unsflow.testing
-from unsflow.errors import MissingDependency
+from unsflow.errors import AccessDenied, MissingDependency, NotConnected
 from unsflow.testing import Collector, publish, publish_numbered, subscribe_collect
 
 pytestmark = pytest.mark.integration
@@ -76,7 +76,7 @@ def test_tls_with_client_certificate(mqtt_broker, topic_prefix):
 def test_wrong_password_is_refused(mqtt_broker, topic_prefix, protocol):
     # Mosquitto 2.0 answers a wrong password with "Not authorized" (0x87 in
     # MQTT 5; CONNACK code 5 in 3.1.1, which paho reports as 0x87), not 0x86.
-    with pytest.raises(ConnectionRefusedError) as err:
+    with pytest.raises(AccessDenied) as err:
         publish(
             mqtt_broker.host, mqtt_broker.tls_port, [(f"{topic_prefix}/x", b"1")],
             username=mqtt_broker.username, password="not-the-password",
@@ -89,7 +89,7 @@ def test_wrong_password_is_refused(mqtt_broker, topic_prefix, protocol):
 
 
 def test_anonymous_login_is_refused_on_the_tls_port(mqtt_broker):
-    with pytest.raises(ConnectionRefusedError, match="refused the connection: Not authorized"):
+    with pytest.raises(AccessDenied, match="refused the connection: Not authorized"):
         Collector(mqtt_broker.host, mqtt_broker.tls_port, "a/#", tls_ca=mqtt_broker.ca_file).start()
 
 
@@ -97,7 +97,7 @@ def test_anonymous_login_is_refused_on_the_tls_port(mqtt_broker):
 @pytest.mark.filterwarnings("ignore::pytest.PytestUnraisableExceptionWarning")
 def test_tls_without_the_test_ca_fails_verification(mqtt_broker):
     # No tls_ca but a client certificate: TLS on, verified against the system CAs.
-    with pytest.raises(ConnectionError, match="certificate verify failed"):
+    with pytest.raises(NotConnected, match="certificate verify failed"):
         publish(
             mqtt_broker.host, mqtt_broker.tls_port, [], username=mqtt_broker.username,
             password=mqtt_broker.password, tls_cert=mqtt_broker.client_cert,
@@ -124,7 +124,7 @@ def test_nothing_listening_is_a_connection_error():
     with socket.socket() as s:  # a port that was free a moment ago
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
-    with pytest.raises(ConnectionError, match=f"cannot connect to MQTT broker 127.0.0.1:{port}"):
+    with pytest.raises(NotConnected, match=f"cannot connect to MQTT broker 127.0.0.1:{port}"):
         publish("127.0.0.1", port, [("a", b"1")], timeout=5)
 
 

@@ -24,6 +24,8 @@ from unsflow.errors import ConfigError
 from unsflow.message import Message
 from unsflow.testing import Collector, MemorySource
 
+pytestmark = pytest.mark.integration
+
 
 def pipeline_config(tmp_path: Path, dead_target: dict[str, Any]) -> Any:
     return parse_config({

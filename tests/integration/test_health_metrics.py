@@ -91,6 +91,7 @@ async def test_ready_once_subscribed_and_metrics_count_what_was_published(
         assert got[("unsflow_target_received_total", (("target", "lake"),))] == COUNT + 1
         assert got[("unsflow_target_accepted_total", (("target", "lake"),))] == COUNT
         assert got[("unsflow_target_dead_lettered_total", (("target", "lake"),))] == 1
+        assert got[("unsflow_target_in_flight", (("target", "lake"),))] == 0
         assert got[("unsflow_dead_letter_total", ())] == 1
         assert got[("unsflow_ready", ())] == 1
         last = got[("unsflow_last_message_timestamp_seconds", (("subscription", topic_filter),))]
@@ -128,7 +129,7 @@ async def test_not_ready_while_the_broker_cannot_be_reached(tmp_path, topic_pref
         assert got[("unsflow_ready", ())] == 0
         assert got[("unsflow_source_ready", (("source", "uns"),))] == 0
     finally:
-        # Still connecting: the stop event is not looked at yet, so cancel.
+        # Still connecting: cancelling run() closes what started (a stop would too).
         task.cancel()
         await asyncio.gather(task, return_exceptions=True)
     assert pipeline.http is None  # the server went with it

@@ -46,6 +46,13 @@ async def read_until(source: KafkaSource, count: int, timeout: float = 30.0,
     return got
 
 
+async def until(condition: Any, timeout: float, what: str) -> None:
+    deadline = time.monotonic() + timeout
+    while not condition():
+        assert time.monotonic() < deadline, f"no {what} within {timeout}s"
+        await asyncio.sleep(0.02)
+
+
 async def nothing_within(source: KafkaSource, seconds: float) -> bool:
     try:
         await asyncio.wait_for(source.read(), seconds)
@@ -205,7 +212,7 @@ async def test_pauses_when_too_many_batches_wait_for_acks(kafka, kafka_topic):
                           "topics": [kafka_topic], "max-poll-records": 10, "max-pending": 3})
     await source.start()
     try:
-        await asyncio.sleep(2)  # time enough to fetch all 200 if it did not pause
+        await until(lambda: source.pauses >= 1, 30, "the member to pause")
         # max-pending batches of 10, plus at most one batch fetched at the pause
         assert source.in_flight <= 40
         assert source.received <= 40

@@ -8,7 +8,7 @@ from typing import Any
 import pytest
 
 from unsflow.components import Context
-from unsflow.errors import NotConnected
+from unsflow.errors import AccessDenied
 from unsflow.message import Message
 from unsflow.targets.kafka import KafkaTarget, KafkaTargetConfig
 
@@ -90,7 +90,7 @@ async def test_wrong_password_is_a_clear_error(kafka, kafka_topic):
                           "security-protocol": "SASL_SSL",
                           "credential": {"secret-name": "kafka-bridge", "provider": "env"},
                           "ca-file": kafka.ca_file}, env)
-    with pytest.raises(NotConnected) as info:
+    with pytest.raises(AccessDenied) as info:
         await target.start()
     await target.stop()
     text = str(info.value)

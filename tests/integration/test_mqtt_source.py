@@ -14,6 +14,8 @@ from unsflow.errors import AccessDenied
 from unsflow.sources.mqtt import MqttSource, MqttSourceConfig
 from unsflow.testing import publish, publish_numbered
 
+pytestmark = pytest.mark.integration
+
 
 pytestmark = pytest.mark.integration
 

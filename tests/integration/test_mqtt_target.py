@@ -5,10 +5,14 @@ from __future__ import annotations
 import json
 import time
 
+import pytest
+
 from unsflow.components import Context
 from unsflow.message import Message
 from unsflow.targets.mqtt import MqttTarget
 from unsflow.testing import Collector
+
+pytestmark = pytest.mark.integration
 
 
 def target(broker, **cfg) -> MqttTarget:

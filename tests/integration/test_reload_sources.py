@@ -79,8 +79,10 @@ async def test_subscriptions_change_on_the_same_connection(mqtt_broker, topic_pr
         assert src.subscriptions == {f"{b}/#": 2}
         await publish_seq(mqtt_broker, f"{a}/x", 100, start=100)  # unsubscribed: not delivered
         await publish_seq(mqtt_broker, f"{b}/x", 100)
+        # The 100 on a/x were published (and acknowledged by the broker) before those on
+        # b/x, and a broker delivers to a session in order: had any a/x been routed to us,
+        # it would have arrived before the last b/x.
         await until(lambda: len(lines(tmp_path / "tb.jsonl")) >= 100)
-        await asyncio.sleep(0.5)
         received = src.received
     finally:
         stop.set()
@@ -199,7 +201,7 @@ async def test_stop_during_a_reload_that_waits_for_a_stuck_batch(mqtt_broker, to
     await publish_seq(mqtt_broker, f"{topic_prefix}/x", 5)
     await until(lambda: engine_faults.state["calls"] >= 1)
     reload = asyncio.create_task(pipeline.reload(base))
-    await asyncio.sleep(0.5)  # the reload is draining now
+    await until(lambda: pipeline.reloading)  # reading stopped; the drain waits on "check"
     stop.set()
     await asyncio.wait_for(task, 15)
     assert reload.done() and reload.cancelled()
@@ -278,8 +280,7 @@ async def test_reload_while_the_broker_is_down_applies_on_reconnect(own_mqtt_bro
         await until(lambda: src.ready, 60)
         await publish_seq(broker, "plant/a/x", 20)
         await publish_seq(broker, "plant/b/x", 20)
-        await until(lambda: len(lines(tmp_path / "tb.jsonl")) >= 20)
-        await asyncio.sleep(0.5)
+        await until(lambda: len(lines(tmp_path / "tb.jsonl")) >= 20)  # plant/a first: see above
     finally:
         stop.set()
         await asyncio.wait_for(task, 30)

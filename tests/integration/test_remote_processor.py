@@ -29,6 +29,8 @@ from unsflow.errors import MissingDependency, TransientError
 from unsflow.message import Message
 from unsflow.processors.remote import RemoteProcessor, RemoteProcessorConfig
 
+pytestmark = pytest.mark.integration
+
 TOPIC = "com1/plant1/area2/pump-1/Message1"
 
 

@@ -19,6 +19,8 @@ from tests.e2e.helpers import UnsflowProcess
 from tests.ml_models import save_model, windows
 from unsflow.ml.store import ModelStore
 
+pytestmark = pytest.mark.integration
+
 DEMO = [12.1, 12.9, 13.4, 12.2, 33.5]  # the newest reading is a spike
 
 

@@ -15,6 +15,8 @@ import pytest
 
 from unsflow.testing import Collector
 
+pytestmark = pytest.mark.integration
+
 SPIKY = {"machines": [{"name": "press-1", "device": "pump-1"},
                       {"name": "press-2", "device": "pump-2"}],
          "sensors": [{"name": "vibration", "unit": "mm/s", "low": 10, "high": 18,
@@ -28,6 +30,17 @@ def simulate(broker: Any, *args: str, timeout: float = 60) -> subprocess.Complet
         [sys.executable, "-m", "unsflow.cli", "simulate", "--host", broker.host,
          "--port", str(broker.port), *args],
         capture_output=True, text=True, timeout=timeout, check=False, env=dict(os.environ))
+
+
+def wait_for_first(out: Collector, topic: str, timeout: float) -> int:
+    """The index of the first message on ``topic`` in what ``out`` collected."""
+    deadline = time.monotonic() + timeout
+    while True:
+        topics = [t for t, _ in out.messages]
+        if topic in topics:
+            return topics.index(topic)
+        assert time.monotonic() < deadline, f"nothing on {topic} within {timeout}s"
+        time.sleep(0.05)
 
 
 def write_config(tmp_path: Path, data: dict[str, Any]) -> Path:
@@ -122,14 +135,10 @@ def test_config_change_takes_effect_while_running(mqtt_broker, topic_prefix, tmp
             data["sensors"][0]["enabled"] = False
             data["sensors"][1]["enabled"] = True
             config.write_text(json.dumps(data, indent=1))
-            deadline = time.monotonic() + 20
-            while not any(t == f"{base}/temperature" for t, _ in out.messages):
-                assert time.monotonic() < deadline, "the changed config did not take effect"
-                time.sleep(0.1)
-            time.sleep(0.5)  # a vibration reading in flight when the change landed may follow
-            seen = len(out.messages)
-            time.sleep(1.0)
-            later = out.messages[seen:]
+            first = wait_for_first(out, f"{base}/temperature", timeout=20)
+            # A vibration reading in flight when the change landed may follow the first
+            # temperature; 20 readings on, only temperature is published.
+            later = out.wait(first + 1 + 20, timeout=20)[first + 5:]
             assert later and {t for t, _ in later} == {f"{base}/temperature"}
         finally:
             proc.send_signal(signal.SIGTERM)
@@ -166,8 +175,7 @@ def test_pipeline_alerts_on_exactly_the_injected_spikes(mqtt_broker, topic_prefi
     truth = tmp_path / "truth.jsonl"
     proc = UnsflowProcess(["run", str(tmp_path / "pipeline.json")], cwd=tmp_path, env={}).start()
     try:
-        proc.wait_for_log("subscribed:")
-        time.sleep(1.0)  # the log line comes just before SUBACK
+        proc.wait_for_log("subscribed:")  # logged when the SUBACK arrived
         result = simulate(mqtt_broker, "--config", str(sim), "--style", "redhat",
                           "--prefix", topic_prefix, "--machines", "2", "--count", "60",
                           "--rate", "200", "--ground-truth", str(truth))

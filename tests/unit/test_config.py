@@ -41,6 +41,17 @@ def test_broker_from_environment():
     assert (cfg.mqtt_broker.host, cfg.mqtt_broker.port) == ("mqtt.plant", 11883)
 
 
+def test_client_id_from_environment_when_the_config_names_none():
+    """One config for N replicas: each takes its own stable id (a StatefulSet's pod name)
+    and with it a persistent session; a client-id in the config wins."""
+    cfg = load_config(EXAMPLES / "reference.json", env={"UNSFLOW_CLIENT_ID": "lake-2"})
+    assert cfg.mqtt_broker.client_id == "lake-2" and cfg.mqtt_broker.persistent
+    data = reference() | {"mqtt-broker": {"client-id": "fixed"}}
+    cfg = parse_config(data, env={"UNSFLOW_CLIENT_ID": "lake-2"})
+    assert cfg.mqtt_broker.client_id == "fixed"
+    assert load_config(EXAMPLES / "reference.json", env={}).mqtt_broker.client_id is None
+
+
 def test_inline_config_from_environment():
     env = {"EDGE_SUBSCRIPTION_CONFIG": json.dumps(reference()), "EDGE_BROKER_HOST": "b"}
     cfg = load_config(None, env=env)

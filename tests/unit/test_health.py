@@ -73,7 +73,7 @@ async def test_endpoints_report_what_flowed(tmp_path):
         status, ctype, body = await asyncio.to_thread(http, port, "/readyz")
         assert (status, ctype) == (200, "application/json")
         assert json.loads(body) == {"ready": True, "reason": None, "sources": {"mem": True},
-                                    "spools_full": {}}
+                                    "spools_full": {}, "dead_letter": None}
         assert (await asyncio.to_thread(http, port, "/nope"))[0] == 404
         assert (await asyncio.to_thread(http, port, "/metrics", "POST"))[0] == 405
 

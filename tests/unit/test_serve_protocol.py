@@ -5,9 +5,9 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
+from unsflow.errors import ProtocolError
 from unsflow.server.app import _Costs
 from unsflow.server.protocol import (
-    ProtocolError,
     encode_infer_response,
     encode_rest_response,
     parse_infer_request,

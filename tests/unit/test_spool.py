@@ -12,8 +12,8 @@ import pytest
 from unsflow.components import Context
 from unsflow.engine.deadletter import DeadLetter
 from unsflow.engine.path import TargetPath
-from unsflow.engine.spool import Spool, SpoolFull, SpoolInUse, decode_message, encode_message
-from unsflow.errors import TransientError
+from unsflow.engine.spool import Spool, decode_message, encode_message
+from unsflow.errors import SpoolFull, SpoolInUse, TransientError
 from unsflow.message import NOT_DECODED, Message
 from unsflow.targets.file import FileTarget, FileTargetConfig
 

@@ -11,11 +11,11 @@ from click.testing import CliRunner
 
 from tests.ml_data import MANUELA_CSV, drift_run, manuela_lake
 from unsflow.cli import main
+from unsflow.errors import TrainingDataError
 from unsflow.ml.evaluate import scores
 from unsflow.ml.features import (
     LakeSpec,
     Readings,
-    TrainingDataError,
     load_ground_truth,
     read_lake,
     split_by_time,

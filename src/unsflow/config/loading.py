@@ -23,11 +23,15 @@ from unsflow.config.syntax import did_you_mean, json_syntax_issue, yaml_syntax_i
 from unsflow.engine.topics import filter_problem
 from unsflow.errors import ConfigError, ConfigIssue
 
-__all__ = ["load_config", "load_config_text", "parse_config", "ENV_CONFIG", "ENV_HOST", "ENV_PORT"]
+__all__ = ["load_config", "load_config_text", "parse_config", "ENV_CONFIG", "ENV_HOST", "ENV_PORT",
+           "ENV_CLIENT_ID"]
 
 ENV_CONFIG = "EDGE_SUBSCRIPTION_CONFIG"
 ENV_HOST = "EDGE_BROKER_HOST"
 ENV_PORT = "EDGE_MQTT_PORT"
+# The UNS client id when the config names none: one config for N replicas, each
+# with its own stable id (a StatefulSet passes the pod name).
+ENV_CLIENT_ID = "UNSFLOW_CLIENT_ID"
 
 
 def load_config(path: str | os.PathLike[str] | None = None,
@@ -88,6 +92,8 @@ def parse_config(data: Any, *, source: str = "config",
         update["host"] = env.get(ENV_HOST) or "localhost"
     if broker.port is None:
         update["port"] = port or (8883 if broker.tls else 1883)
+    if broker.client_id is None and env.get(ENV_CLIENT_ID):
+        update["client_id"] = env[ENV_CLIENT_ID]
     if update:
         config = config.model_copy(update={"mqtt_broker": broker.model_copy(update=update)})
     return config

@@ -91,7 +91,8 @@ class BrokerConfig(Model):
     host: str | None = Field(None, description="Broker host; default EDGE_BROKER_HOST or localhost.")
     port: int | None = Field(None, ge=1, le=65535, description="Default EDGE_MQTT_PORT or 1883/8883.")
     client_id: str | None = Field(
-        None, description="Fixed client id. Needed for a persistent session; default is random."
+        None, description="Fixed client id. Needed for a persistent session; default "
+        "UNSFLOW_CLIENT_ID (a StatefulSet gives each replica its pod name), else random."
     )
     protocol_version: Literal["5", "3.1.1"] = Field("5", description="MQTT protocol version.")
     clean_start: bool | None = Field(
@@ -116,6 +117,12 @@ class BrokerConfig(Model):
         "asyncio", description="MQTT client implementation: asyncio (unsflow's own protocol "
         "code: every PUBLISH of a socket read decoded in one pass) or gmqtt (the gmqtt "
         "library, one callback per message).")
+    leave_shared_on_stop: bool = Field(
+        True, description="On a stop (SIGTERM), unsubscribe the shared subscriptions "
+        "($share/GROUP/FILTER) and take what is still in flight before disconnecting, so "
+        "that the other members get this member's share while it is away (a restart "
+        "subscribes again). false: keep them in the session; the broker then goes on "
+        "dealing this member its share until it comes back or the session expires.")
 
     @property
     def persistent(self) -> bool:

@@ -12,12 +12,21 @@ accepted when that target accepted it. While the target is down the write is
 retried with backoff (the source's acknowledgement waits, as for any target);
 an entry the target refuses for good is appended to the file, with the
 target's reason added, so nothing is dropped.
+
+A file that cannot be written (a full or read-only disk, a directory that is
+gone) is never skipped: the write is retried with capped backoff while the
+batch's acknowledgement waits, so the source stops being acknowledged
+(backpressure), and :attr:`DeadLetter.failing` names the cause, which makes
+``/readyz`` answer 503 with it. A failed append is truncated back to where it
+began, so a retry never leaves a torn line. When the file is writable again
+the waiting batches go on in order.
 """
 
 from __future__ import annotations
 
 import asyncio
 import base64
+import contextlib
 import logging
 import os
 import time
@@ -34,6 +43,9 @@ __all__ = ["DeadLetter", "dead_letter_entry", "dead_letter_line"]
 
 # Seconds between two warnings about a dead-letter target that is down.
 _RETRY_LOG_INTERVAL = 5.0
+# Longest wait (s) between two tries of a dead-letter file that cannot be written: a disk
+# that has room again should be noticed soon, and a try costs one open() and write().
+FILE_RETRY_MAX = 5.0
 
 log = logging.getLogger("unsflow.deadletter")
 
@@ -75,6 +87,9 @@ class DeadLetter:
         self.backoff_max = backoff_max
         self._lock = asyncio.Lock()
         self._last_warning = 0.0
+        # Why the file cannot be written now (while retrying), for /readyz; None when it can.
+        self.failing: str | None = None
+        self.file_errors = 0  # failed appends (each retried)
 
     async def write(self, failures: list[Failure]) -> None:
         """Return once every failure is durably stored (see the module docstring)."""
@@ -92,8 +107,28 @@ class DeadLetter:
 
     async def _to_file(self, failures: list[Failure]) -> None:
         data = b"".join(dead_letter_line(f) for f in failures)
-        async with self._lock:
-            await asyncio.to_thread(self._append, data)
+        backoff = Backoff(self.backoff_initial, min(self.backoff_max, FILE_RETRY_MAX))
+        async with self._lock:  # in order: later writers wait behind one that retries
+            while True:
+                try:
+                    await asyncio.to_thread(self._append, data)
+                except OSError as exc:
+                    self._note_file_error(exc)
+                    await asyncio.sleep(backoff.next())
+                    continue
+                if self.failing is not None:
+                    log.warning("dead letter: %s is writable again; going on", self.path)
+                    self.failing = None
+                return
+
+    def _note_file_error(self, exc: OSError) -> None:
+        self.file_errors += 1
+        self.failing = f"cannot write the dead letter {self.path}: {exc}"
+        now = time.monotonic()
+        if now - self._last_warning >= _RETRY_LOG_INTERVAL:
+            log.error("%s; holding acknowledgements and retrying until it is writable",
+                      self.failing)
+            self._last_warning = now
 
     async def _to_target(self, failures: list[Failure], target: Target) -> None:
         entries = [Message(topic=f.message.topic, payload=dead_letter_line(f)[:-1],
@@ -129,7 +164,15 @@ class DeadLetter:
         self.path.parent.mkdir(parents=True, exist_ok=True)
         fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o640)
         try:
-            os.write(fd, data)
-            os.fsync(fd)
+            start = os.lseek(fd, 0, os.SEEK_END)
+            try:
+                view = memoryview(data)
+                while view:
+                    view = view[os.write(fd, view):]
+                os.fsync(fd)
+            except OSError:
+                with contextlib.suppress(OSError):
+                    os.ftruncate(fd, start)  # no torn line for the retry to append after
+                raise
         finally:
             os.close(fd)

@@ -3,9 +3,10 @@
 - ``GET /healthz``: 200 ``ok`` whenever the event loop answers (liveness: a
   blocked or dead loop does not answer at all).
 - ``GET /readyz``: 200 when the pipeline runs, every source is ready
-  (connected *and* subscribed: the broker confirmed every filter) and no
-  target's spool is full, else 503. The body is JSON either way:
-  ``{"ready": ..., "reason": ..., "sources": {...}, "spools_full": {...}}``.
+  (connected *and* subscribed: the broker confirmed every filter), no
+  target's spool is full and the dead letter can be written, else 503. The
+  body is JSON either way: ``{"ready": ..., "reason": ..., "sources": {...},
+  "spools_full": {...}, "dead_letter": null or why it cannot be written}``.
 - ``GET /metrics``: Prometheus text format 0.0.4, built from the pipeline's
   counters at scrape time (:mod:`unsflow.engine.metrics`).
 
@@ -40,23 +41,27 @@ _REASONS = {200: "OK", 400: "Bad Request", 404: "Not Found", 405: "Method Not Al
 
 
 def readiness(pipeline: "Pipeline") -> tuple[bool, dict[str, Any]]:
-    """``(ready, report)``: ready when the pipeline runs, every source is ready and no
-    spool is full."""
+    """``(ready, report)``: ready when the pipeline runs, every source is ready, no
+    spool is full and the dead letter can be written (acknowledgements wait while it
+    cannot)."""
     sources = {src.id: bool(src.ready) for src in pipeline.sources}
     waiting = [name for name, ok in sources.items() if not ok]
     full = {name: path.spool.full for name, path in pipeline.paths.items()
             if path.spool is not None and path.spool.full}
+    dead_letter = pipeline.dead_letter.failing
     if not pipeline.running:
         reason = "pipeline is not running (starting or stopping)"
     elif waiting:
         reason = "not connected and subscribed: " + ", ".join(f"source {n!r}" for n in waiting)
     elif full:
         reason = "; ".join(f"spool of target {n!r} full ({why})" for n, why in full.items())
+    elif dead_letter:
+        reason = f"{dead_letter}; acknowledgements are held until it can be written"
     else:
         reason = ""
     ready = not reason
     return ready, {"ready": ready, "reason": reason or None, "sources": sources,
-                   "spools_full": full}
+                   "spools_full": full, "dead_letter": dead_letter}
 
 
 class HealthServer:

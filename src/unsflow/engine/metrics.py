@@ -72,6 +72,9 @@ METRICS: list[MetricSpec] = [
     # Messages of this target's path written to the dead letter, by any of its stages.
     MetricSpec("unsflow_target_dead_lettered_total", "counter", ("target",),
                "Messages of the target's path sent to the dead letter."),
+    # Messages routed to the target whose path has not finished with them yet.
+    MetricSpec("unsflow_target_in_flight", "gauge", ("target",),
+               "Messages routed to the target and not yet accepted, spooled or dead-lettered."),
     # Retried attempts (transient errors: target down, timeout) on the target's path.
     MetricSpec("unsflow_target_retries_total", "counter", ("target",),
                "Retried attempts on the target's path."),
@@ -114,6 +117,10 @@ METRICS: list[MetricSpec] = [
     # Lines appended to the dead-letter file.
     MetricSpec("unsflow_dead_letter_total", "counter", (),
                "Messages written to the dead-letter file."),
+    # 1 while the dead-letter file cannot be written (full or read-only disk): the batches
+    # that need it wait, retried, and acknowledgements are held.
+    MetricSpec("unsflow_dead_letter_failing", "gauge", (),
+               "1 while the dead-letter file cannot be written (acknowledgements held)."),
     # Messages that matched no subscription's target (should stay 0).
     MetricSpec("unsflow_unrouted_total", "counter", (),
                "Messages that matched no subscription."),
@@ -130,6 +137,27 @@ METRICS: list[MetricSpec] = [
     # Always 1; the label is the SHA-256 of the running config's file (or inline text).
     MetricSpec("unsflow_config_info", "gauge", ("sha256",),
                "1, labelled with the SHA-256 of the running config's content."),
+    # Sparkplug B (processor sparkplug): a seq that did not follow the edge node's last one.
+    MetricSpec("unsflow_sparkplug_sequence_gaps_total", "counter",
+               ("processor", "group", "edge_node"),
+               "Sparkplug messages whose seq did not follow the edge node's previous one."),
+    # Rebirth requests (NCMD Node Control/Rebirth) published to an edge node.
+    MetricSpec("unsflow_sparkplug_rebirth_requests_total", "counter",
+               ("processor", "group", "edge_node"),
+               "Rebirth requests published to the edge node (its BIRTH was missed)."),
+    # DATA messages dead-lettered because an alias was never announced by a BIRTH.
+    MetricSpec("unsflow_sparkplug_unknown_alias_total", "counter", ("processor",),
+               "Sparkplug DATA messages with an alias no BIRTH announced (dead-lettered)."),
+    # 1 after a BIRTH, 0 after a DEATH (a node's DEATH takes its devices offline).
+    MetricSpec("unsflow_sparkplug_online", "gauge",
+               ("processor", "group", "edge_node", "device"),
+               "1 when the Sparkplug edge node (device empty) or device is online, else 0."),
+    # OPC UA source: connections lost and made again (server restart, network).
+    MetricSpec("unsflow_opcua_reconnects_total", "counter", ("source",),
+               "Times the OPC UA source connected again and re-created its subscription."),
+    # Configured nodes the source could not monitor (unknown node id, unsupported type).
+    MetricSpec("unsflow_opcua_bad_nodes", "gauge", ("source",),
+               "Configured OPC UA nodes not monitored (unknown node, unsupported type)."),
     # 1 when every source is ready and no spool is full (what /readyz answers 200 for).
     MetricSpec("unsflow_ready", "gauge", (),
                "1 when every source is connected and subscribed and no spool is full."),
@@ -188,6 +216,8 @@ class PipelineCollector:
             HistogramMetricFamily,
         )
 
+        from unsflow.engine.health import readiness
+
         p = self.pipeline
         families: dict[str, Any] = {}
         for spec in METRICS:
@@ -217,6 +247,7 @@ class PipelineCollector:
             add("unsflow_target_accepted_total", [name], s.accepted)
             add("unsflow_target_dead_lettered_total", [name], s.dead_lettered)
             add("unsflow_target_retries_total", [name], s.retries)
+            add("unsflow_target_in_flight", [name], s.in_flight)
             spool = path.spool
             if spool is not None:
                 add("unsflow_spool_bytes", [name], spool.bytes)
@@ -246,7 +277,14 @@ class PipelineCollector:
             families["unsflow_batch_seconds"].add_metric(
                 [stage], buckets.cumulative(), buckets.sum)
 
+        # Components with metrics of their own (sparkplug, opcua) yield (name, labels, value).
+        for component in [*p.sources, *p.processors.values()]:
+            samples = getattr(component, "metric_samples", None)
+            if samples is not None:
+                for name, labels, value in samples():
+                    add(name, labels, value)
         add("unsflow_dead_letter_total", [], p.dead_letter.count)
+        add("unsflow_dead_letter_failing", [], 1 if p.dead_letter.failing else 0)
         add("unsflow_unrouted_total", [], p.unrouted)
         for flt, when in p.last_message_at.items():
             add("unsflow_last_message_timestamp_seconds", [flt], when)
@@ -255,7 +293,7 @@ class PipelineCollector:
         add("unsflow_config_generation", [], p.generation)
         if p.config_hash:
             add("unsflow_config_info", [p.config_hash], 1)
-        add("unsflow_ready", [], 1 if all_ready and p.sources else 0)
+        add("unsflow_ready", [], 1 if all_ready and p.sources and readiness(p)[0] else 0)
         yield from families.values()
 
 

@@ -35,8 +35,8 @@ from unsflow.engine.backoff import Backoff
 from unsflow.engine.deadletter import DeadLetter
 from unsflow.engine.metrics import LatencyBuckets
 from unsflow.engine.order import Turnstile
-from unsflow.engine.spool import Spool, SpoolEntry, SpoolFull
-from unsflow.errors import ComponentError, PermanentError, TransientError
+from unsflow.engine.spool import Spool, SpoolEntry
+from unsflow.errors import ComponentError, PermanentError, SpoolFull, TransientError
 from unsflow.message import Failure, Message
 from unsflow.processors.base import Processor
 from unsflow.targets.base import Target
@@ -92,6 +92,9 @@ class PathStats:
     dead_lettered: int = 0
     retries: int = 0
     last_batch_seconds: float = 0.0
+    # Messages routed to the path whose handle() has not returned (processing, writing,
+    # retrying, waiting for a full spool).
+    in_flight: int = 0
     errors: dict[str, int] = field(default_factory=dict)
     # By stage id (processor:NAME, target:NAME); read by the metrics collector.
     stages: dict[str, StageStats] = field(default_factory=dict)
@@ -102,7 +105,8 @@ class TargetPath:
 
     def __init__(self, target: Target, processors: list[Processor], dead_letter: DeadLetter,
                  *, backoff_initial: float = 0.2, backoff_max: float = 30.0,
-                 spool: Spool | None = None) -> None:
+                 spool: Spool | None = None,
+                 on_fatal: Callable[[str, BaseException], None] | None = None) -> None:
         self.target = target
         self._next_ticket = 0
         self._processors: list[Processor] = []
@@ -110,6 +114,8 @@ class TargetPath:
         self.processors = processors
         self.dead_letter = dead_letter
         self.spool = spool
+        # Told when the spool drainer dies of an error (its batches would wait for ever).
+        self.on_fatal = on_fatal
         self._drainer: asyncio.Task[None] | None = None
         self._drain_stop = asyncio.Event()
         self._drain_writing = False
@@ -151,6 +157,8 @@ class TargetPath:
             ticket = self.ticket()
         started = time.monotonic()
         self.stats.received += len(batch)
+        routed = len(batch)
+        self.stats.in_flight += routed
         gates = self._gates
         reached = 0
         try:
@@ -178,6 +186,7 @@ class TargetPath:
                 self.stats.accepted += len(written)
             self.stats.last_batch_seconds = time.monotonic() - started
         finally:
+            self.stats.in_flight -= routed
             # Ended early (filtered out, dead-lettered, cancelled, failed): later batches
             # must not wait for this one at the stages it never reached.
             for gate in gates[reached:]:
@@ -285,6 +294,18 @@ class TargetPath:
         await asyncio.to_thread(self.spool.open)
         self._drain_stop = asyncio.Event()
         self._drainer = asyncio.create_task(self.drain_spool(), name=f"spool:{self.id}:drainer")
+        self._drainer.add_done_callback(self._drainer_done)
+
+    def _drainer_done(self, task: asyncio.Task[None]) -> None:
+        if task.cancelled() or task.exception() is None:
+            return
+        exc = task.exception()
+        assert exc is not None
+        what = f"the spool drainer of target {self.id!r} failed: {type(exc).__name__}: {exc}"
+        if self.on_fatal is not None:
+            self.on_fatal(what, exc)
+        else:
+            log.critical("%s; spooled batches are not drained", what)
 
     async def stop_spool(self, timeout: float) -> None:
         """Stop the drainer: a write in progress gets ``timeout`` seconds, then is cancelled

@@ -6,10 +6,13 @@ target path runs concurrently; when all paths of the batch are done the
 source acknowledges the batch. At most ``max-in-flight`` messages per source are in
 flight; beyond that the pipeline stops reading (backpressure).
 
-Stop: the source stops being read, in-flight batches get ``shutdown_timeout``
-seconds to finish, targets flush and close, and the source disconnects
-without unsubscribing. Whatever was not acknowledged is redelivered by the
-broker to the next run.
+Stop: first each source gives back its share of a group others go on
+consuming (:meth:`Source.leave <unsflow.sources.base.Source.leave>`: MQTT
+``$share`` filters are unsubscribed while reading goes on, up to 40% of
+``shutdown_timeout``); then the source stops being read, in-flight batches
+get the rest of ``shutdown_timeout`` to finish, targets flush and close, and
+the source disconnects without unsubscribing its other filters. Whatever
+was not acknowledged is redelivered by the broker to the next run.
 
 Reload: :meth:`Pipeline.reload` swaps to a new config while running
 (:mod:`unsflow.engine.swap`): reading stops, in-flight batches finish and are
@@ -37,6 +40,7 @@ from unsflow.engine.health import HealthServer
 from unsflow.engine.path import TargetPath
 from unsflow.engine.spool import Spool
 from unsflow.engine.topics import TopicMatcher
+from unsflow.errors import DeliveryFailed, NotRunning, UnsflowError
 from unsflow.message import Message
 from unsflow.processors.base import Processor
 from unsflow.sources.base import Source
@@ -141,7 +145,7 @@ class Pipeline:
         cls = registry.load("targets", tcfg.type)
         chain = [self.processors[p] for p in tcfg.processors]
         return TargetPath(cls(name, tcfg, self.context), chain, self.dead_letter,
-                          spool=build_spool(config, name))
+                          spool=build_spool(config, name), on_fatal=self.fail_delivery)
 
     def build_named_source(self, name: str, scfg: Any) -> Source:
         """A source of the ``sources`` section."""
@@ -215,9 +219,12 @@ class Pipeline:
         starting = asyncio.create_task(self.start(), name="pipeline-start")
         try:
             await asyncio.wait({stopper, starting}, return_when=asyncio.FIRST_COMPLETED)
-        except BaseException:
+        except BaseException:  # run() itself cancelled while starting: close, then go
             starting.cancel()
             stopper.cancel()
+            await asyncio.gather(starting, stopper, return_exceptions=True)
+            await self._close_started()
+            await self._stop_http()
             raise
         if not starting.done():
             log.info("stopping while starting: closing what has started")
@@ -248,9 +255,27 @@ class Pipeline:
                 # A reload still connecting or draining: stopping wins.
                 reload_task.cancel()
                 await asyncio.gather(reload_task, return_exceptions=True)
+            deadline = self.config.shutdown_timeout
+            left = 0.0
+            if not self.stopping_on_error:
+                left = await self._leave_groups(deadline * 0.4)
             await self.stop_readers()
             await asyncio.gather(stopper, return_exceptions=True)
-            await self.shutdown()
+            await self.shutdown(deadline - left)
+
+    async def _leave_groups(self, timeout: float) -> float:
+        """Let each source give back its share of a consumer group while its reader
+        still runs (see ``Source.leave``); returns the seconds it took."""
+        loop = asyncio.get_running_loop()
+        began = loop.time()
+        for source in self.sources:
+            if source not in self._readers:
+                continue
+            try:
+                await source.leave(max(0.0, timeout - (loop.time() - began)))
+            except Exception:  # stopping: report and go on stopping
+                log.exception("[%s] error while leaving its group", source.id)
+        return loop.time() - began
 
     async def _close_started(self) -> None:
         """Close, newest first, the components a start that did not finish had started."""
@@ -285,12 +310,18 @@ class Pipeline:
         if task.cancelled() or self._fatal is None or self._fatal.done():
             return
         exc = task.exception()
-        self._fatal.set_exception(exc or RuntimeError(f"{task.get_name()} ended"))
+        self._fatal.set_exception(exc or UnsflowError(
+            f"{task.get_name()} ended: a source's read() returned for good"))
 
     def fail(self, exc: BaseException) -> None:
         """Stop the pipeline with ``exc`` (``run`` raises it)."""
         if self._fatal is not None and not self._fatal.done():
             self._fatal.set_exception(exc)
+
+    @property
+    def reloading(self) -> bool:
+        """A reload is being applied (reading stopped; draining, or swapping components)."""
+        return self._reload_task is not None
 
     @property
     def stopping_on_error(self) -> bool:
@@ -303,14 +334,15 @@ class Pipeline:
 
         Returns the :class:`~unsflow.engine.swap.ReloadPlan` applied; raises
         :class:`~unsflow.errors.ReloadFailed` when the new components
-        could not start (the old config is running again). Call it from a task
-        of its own (the config watcher's): a stop cancels that task.
+        could not start (the old config is running again), and
+        :class:`~unsflow.errors.NotRunning` while the pipeline starts or stops. Call it
+        from a task of its own (the config watcher's): a stop cancels that task.
         """
         from unsflow.engine.swap import apply
 
         async with self._reload_lock:
             if not self.running:
-                raise RuntimeError("the pipeline is not running")
+                raise NotRunning("the pipeline is not running (starting or stopping)")
             self._reload_task = asyncio.current_task()
             try:
                 return await apply(self, config, config_hash)
@@ -342,8 +374,25 @@ class Pipeline:
     def _task_done(self, task: asyncio.Task[None], budget: "_Budget", count: int) -> None:
         self._tasks.discard(task)
         budget.give(count)
-        if not task.cancelled() and task.exception() is not None:
-            log.error("delivery task %s failed: %r", task.get_name(), task.exception())
+        if task.cancelled():
+            return  # a stop or a reload's drain timeout: the source delivers it again
+        exc = task.exception()
+        if exc is not None:
+            # Neither delivered nor dead-lettered: its ack can never be sent, and the source
+            # acknowledges in order, so nothing after it would be either. Stop, loudly.
+            self.fail_delivery(f"delivery task {task.get_name()} failed: "
+                               f"{type(exc).__name__}: {exc}", exc)
+
+    def fail_delivery(self, what: str, cause: BaseException) -> None:
+        """Stop the pipeline with :class:`~unsflow.errors.DeliveryFailed` (``run`` raises it):
+        a batch that can be neither delivered nor dead-lettered must not stall its source."""
+        log.critical("%s; stopping: the batch can be neither delivered nor dead-lettered, so "
+                     "it and every later batch of its source would never be acknowledged "
+                     "(the source delivers them again after a restart)", what)
+        error = DeliveryFailed(f"{what}; stopping (unacknowledged messages are delivered "
+                               "again after a restart)")
+        error.__cause__ = cause
+        self.fail(error)
 
     def route(self, messages: list[Message]) -> dict[str, list[Message]]:
         """Split a batch by topic filters; each distinct target gets a message once."""
@@ -399,10 +448,11 @@ class Pipeline:
                                    for n, b in groups.items()))
         source.ack(token)
 
-    async def shutdown(self) -> None:
-        """Drain in-flight batches within the deadline, flush targets, disconnect."""
+    async def shutdown(self, deadline: float | None = None) -> None:
+        """Drain in-flight batches within ``deadline`` seconds (default
+        ``shutdown_timeout``), flush targets, disconnect."""
         self.running = False
-        deadline = self.config.shutdown_timeout
+        deadline = self.config.shutdown_timeout if deadline is None else deadline
         pending: set[asyncio.Task[None]] = set(self._tasks)
         if pending:
             log.info("stopping: waiting up to %.0fs for %d in-flight batch(es)",

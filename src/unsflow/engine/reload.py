@@ -32,7 +32,7 @@ from typing import TYPE_CHECKING
 
 from unsflow.config.loading import load_config_text
 from unsflow.config.models import PipelineConfig
-from unsflow.errors import ConfigError, ConfigIssue, ReloadFailed
+from unsflow.errors import ConfigError, ConfigIssue, NotRunning, ReloadFailed
 
 if TYPE_CHECKING:
     from unsflow.engine.pipeline import Pipeline
@@ -138,9 +138,7 @@ class ConfigWatcher:
             self.failed = now
             log.error("config %s (sha256 %s): %s", self.path, now[:12], exc)
             return "failed"
-        except RuntimeError:
-            if self.pipeline.running:
-                raise
+        except NotRunning:
             return "waiting"  # the pipeline began to stop meanwhile
         self.current = now
         self.failed = None

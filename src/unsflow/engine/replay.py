@@ -132,7 +132,7 @@ def replay(path: str | os.PathLike[str], config: PipelineConfig, *,
     else:
         try:
             report.published = _publish(entries, config, context or Context(), timeout)
-        except (OSError, TimeoutError, RuntimeError, UnsflowError) as exc:
+        except (OSError, TimeoutError, UnsflowError) as exc:
             raise UnsflowError(f"replay of {work} failed: {exc}; its messages are still in "
                                f"{work} (replay that file)") from exc
     if report.renamed_to is not None:
@@ -155,7 +155,7 @@ def _stamp(source: Path) -> str:
 
 def _publish(entries: list[DeadLetterEntry], config: PipelineConfig, context: Context,
              timeout: float) -> int:
-    from unsflow.testing.mqtt import publish
+    from unsflow._paho import publish
 
     broker = config.mqtt_broker
     username = password = None

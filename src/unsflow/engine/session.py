@@ -18,17 +18,14 @@ everything queued for it.
 from __future__ import annotations
 
 import asyncio
-import time
+import ssl
 from dataclasses import dataclass
-from typing import Any
 
 from unsflow.components import Context
 from unsflow.config.models import PipelineConfig
-from unsflow.errors import ConfigError, ConfigIssue, NotConnected, PermanentError
+from unsflow.errors import ConfigError, ConfigIssue, NotConnected
 
 __all__ = ["SessionEnd", "end_session", "end_mqtt_session"]
-
-_KEEPALIVE = 30
 
 
 @dataclass(frozen=True)
@@ -47,7 +44,8 @@ def end_session(config: PipelineConfig, context: Context | None = None, *,
     Raises :class:`~unsflow.errors.ConfigError` when the config has no fixed
     ``client-id`` (its sessions are clean and end by themselves),
     :class:`~unsflow.errors.NotConnected` when the broker cannot be reached,
-    and :class:`~unsflow.errors.PermanentError` when it refuses the login.
+    and :class:`~unsflow.errors.AccessDenied` (a :class:`~unsflow.errors.PermanentError`)
+    when it refuses the login.
     """
     broker = config.mqtt_broker
     if not broker.client_id:
@@ -59,56 +57,37 @@ def end_session(config: PipelineConfig, context: Context | None = None, *,
         cred = asyncio.run((context or Context()).resolve_secret(config.mqtt_broker_credential))
         username, password = cred.username, cred.password
     host, port = broker.host or "localhost", broker.port or 1883
-    tls = None
-    if broker.tls is not None:
-        from unsflow.sources.mqtt import ssl_context
-
-        tls = ssl_context(broker.tls)
+    tls = broker.tls
+    # Without a CA file of its own, TLS verifies against the system's CAs.
+    system_ca = ssl.get_default_verify_paths().openssl_cafile
     present = end_mqtt_session(host, port, broker.client_id, username=username,
-                               password=password, tls=tls, timeout=timeout)
+                               password=password, timeout=timeout,
+                               tls_ca=(tls.ca_file or system_ca) if tls else None,
+                               tls_cert=tls.cert_file if tls else None,
+                               tls_key=tls.key_file if tls else None)
     return SessionEnd(f"{host}:{port}", broker.client_id, present)
 
 
 def end_mqtt_session(host: str, port: int, client_id: str, *, username: str | None = None,
-                     password: str | None = None, tls: Any = None,
+                     password: str | None = None, tls_ca: str | None = None,
+                     tls_cert: str | None = None, tls_key: str | None = None,
                      timeout: float = 10.0) -> bool:
     """Delete the broker's session of ``client_id`` (and every message queued for it).
 
     Connects as ``client_id`` resuming its session (clean start 0, so the
     CONNACK says whether there was one) with a session expiry of 0 (MQTT 5),
     so the broker deletes it at the disconnect that follows. Returns whether a
-    session was there. ``tls`` is an :class:`ssl.SSLContext` or None.
+    session was there. Raises like :meth:`unsflow._paho.PahoConnection.open`.
     """
-    import paho.mqtt.client as mqtt
-    from paho.mqtt.packettypes import PacketTypes
-    from paho.mqtt.properties import Properties
+    from unsflow._paho import PahoConnection
 
-    client = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id=client_id,
-                         protocol=mqtt.MQTTv5)
-    if username is not None:
-        client.username_pw_set(username, password)
-    if tls is not None:
-        client.tls_set_context(tls)
-    props = Properties(PacketTypes.CONNECT)
-    props.SessionExpiryInterval = 0
-    result: dict[str, Any] = {}
-
-    def on_connect(c: Any, userdata: Any, flags: Any, reason: Any, properties: Any) -> None:
-        result["present"] = bool(flags.session_present)
-        result["reason"] = reason
-
-    client.on_connect = on_connect
+    conn = PahoConnection(host, port, username=username, password=password, tls_ca=tls_ca,
+                          tls_cert=tls_cert, tls_key=tls_key, client_id=client_id,
+                          end_session=True, component_id="session")
     try:
-        client.connect(host, port, keepalive=_KEEPALIVE, clean_start=False, properties=props)
-    except (OSError, ValueError) as exc:
-        raise NotConnected(f"cannot connect to MQTT broker {host}:{port}: {exc}") from exc
-    deadline = time.monotonic() + timeout
-    while "reason" not in result and time.monotonic() < deadline:
-        client.loop(0.1)
-    client.disconnect()
-    if "reason" not in result:
-        raise NotConnected(f"no CONNACK from MQTT broker {host}:{port} within {timeout:g} s")
-    if result["reason"].is_failure:
-        raise PermanentError(f"MQTT broker {host}:{port} refused client id {client_id!r}: "
-                             f"{result['reason']}")
-    return bool(result["present"])
+        conn.open(timeout, threaded=False)
+    except TimeoutError as exc:
+        raise NotConnected(str(exc), component_id="session") from exc
+    present = conn.session_present
+    conn.close()
+    return present

@@ -56,11 +56,11 @@ from urllib.parse import quote
 
 import orjson
 
-from unsflow.errors import UnsflowError
+from unsflow.errors import SpoolFull, SpoolInUse
 from unsflow.lake.durable import fsync_dir, write_file
 from unsflow.message import NOT_DECODED, Failure, Message
 
-__all__ = ["Spool", "SpoolEntry", "SpoolFull", "SpoolInUse", "decode_message", "encode_message"]
+__all__ = ["Spool", "SpoolEntry", "decode_message", "encode_message"]
 
 log = logging.getLogger("unsflow.spool")
 
@@ -72,14 +72,6 @@ _BYTES_TAG = b'"$b"'
 FULL_LOG_INTERVAL = 30.0
 # Room for a file's header line when checking max-bytes before it is built.
 _HEADER_BYTES = 128
-
-
-class SpoolFull(UnsflowError):
-    """The spool cannot take this batch now (``max-bytes`` reached, or the disk refused)."""
-
-
-class SpoolInUse(UnsflowError):
-    """Another process holds the spool directory."""
 
 
 @dataclass(frozen=True)

@@ -34,14 +34,10 @@ from typing import Any
 import numpy as np
 import orjson
 
-from unsflow.errors import LakeError, UnsflowError
+from unsflow.errors import LakeError, TrainingDataError
 
 __all__ = ["GroundTruth", "LakeSpec", "Readings", "Windows", "load_ground_truth",
            "read_lake", "split_by_time", "windows_of"]
-
-
-class TrainingDataError(UnsflowError):
-    """The lake or the ground truth cannot give training data; the message says why."""
 
 
 @dataclass(frozen=True)

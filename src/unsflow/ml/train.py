@@ -23,11 +23,10 @@ from typing import Any
 
 import numpy as np
 
-from unsflow.errors import MissingDependency
+from unsflow.errors import MissingDependency, TrainingDataError
 from unsflow.ml.evaluate import scores
 from unsflow.ml.features import (
     LakeSpec,
-    TrainingDataError,
     Windows,
     load_ground_truth,
     read_lake,

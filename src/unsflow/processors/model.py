@@ -190,7 +190,7 @@ class ModelProcessor(Processor[ModelProcessorConfig]):
     async def process(self, batch: list[Message]) -> ProcessResult:
         model = self._model
         if model is None:
-            raise RuntimeError(f"processor {self.id!r}: process() before start()")
+            raise NotConnected("process() before start()", component_id=self.id)
         cfg = self.config
         results: list[Message | Failure | None] = [None] * len(batch)
         good: list[tuple[int, dict[str, Any]]] = []

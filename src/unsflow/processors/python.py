@@ -41,7 +41,7 @@ from pydantic_core import PydanticCustomError
 
 from unsflow.codecs import decode_json
 from unsflow.config.models import ProcessorConfig
-from unsflow.errors import DecodeError, PermanentError, TransientError
+from unsflow.errors import DecodeError, NotConnected, PermanentError, TransientError
 from unsflow.message import NOT_DECODED, Failure, Message
 from unsflow.processors.base import Processor, ProcessResult
 
@@ -110,7 +110,7 @@ class PythonProcessor(Processor[PythonProcessorConfig]):
 
     async def process(self, batch: list[Message]) -> ProcessResult:
         if self._fn is None:
-            raise RuntimeError(f"processor {self.id!r}: process() before start()")
+            raise NotConnected("process() before start()", component_id=self.id)
         run = self._run_records if self.config.mode == "record" else self._run_batch
         async with self._lock:
             return await asyncio.to_thread(run, self._fn, batch)

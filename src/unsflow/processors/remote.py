@@ -37,7 +37,14 @@ from pydantic_core import PydanticCustomError
 
 from unsflow.codecs import decode_json
 from unsflow.config.models import ProcessorConfig
-from unsflow.errors import DecodeError, MissingDependency, PermanentError, TransientError
+from unsflow.errors import (
+    DecodeError,
+    MissingDependency,
+    NotConnected,
+    PermanentError,
+    TransientError,
+    UnsflowError,
+)
 from unsflow.message import NOT_DECODED, Failure, Message
 from unsflow.processors.base import Processor, ProcessResult
 
@@ -133,7 +140,7 @@ class RemoteProcessor(Processor[RemoteProcessorConfig]):
 
     async def process(self, batch: list[Message]) -> ProcessResult:
         if self._client is None:
-            raise RuntimeError(f"processor {self.id!r}: process() before start()")
+            raise NotConnected("process() before start()", component_id=self.id)
         results: list[Message | Failure | None] = [None] * len(batch)
         records: list[tuple[int, Any]] = []
         for i, msg in enumerate(batch):
@@ -217,7 +224,7 @@ class RemoteProcessor(Processor[RemoteProcessorConfig]):
     # -- HTTP ---------------------------------------------------------------
 
     async def _run_bounded(self, jobs: list[Callable[[], Awaitable[None]]]) -> None:
-        """Run ``jobs`` on at most max-concurrency workers; the first TransientError wins."""
+        """Run ``jobs`` on at most max-concurrency workers; the first error of ours wins."""
         if not jobs:
             return
         pending = iter(jobs)
@@ -230,7 +237,7 @@ class RemoteProcessor(Processor[RemoteProcessorConfig]):
             async with asyncio.TaskGroup() as group:
                 for n in range(min(self.config.max_concurrency, len(jobs))):
                     group.create_task(worker(), name=f"{self.stage}:worker-{n}")
-        except* TransientError as errors:
+        except* UnsflowError as errors:
             first = errors.exceptions[0]
             raise first from first.__cause__  # the httpx error, not the group
 
@@ -254,6 +261,10 @@ class RemoteProcessor(Processor[RemoteProcessorConfig]):
                 reason, cause = f"no answer within {cfg.timeout} s ({type(exc).__name__})", exc
             except httpx.HTTPError as exc:
                 reason, cause = f"{type(exc).__name__}: {exc}", exc
+            except (httpx.InvalidURL, httpx.CookieConflict, httpx.StreamError) as exc:
+                # Not the service: this request can never be sent as made.
+                raise PermanentError(f"POST {self.url}: {type(exc).__name__}: {exc}",
+                                     component_id=self.id) from exc
             if attempt >= cfg.retries:
                 raise TransientError(
                     f"POST {self.url}: {reason} (after {attempt + 1} attempt(s))",

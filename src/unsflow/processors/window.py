@@ -202,32 +202,22 @@ class WindowProcessor(Processor[WindowProcessorConfig]):
                     continue
                 window = self._window(key)
                 i = window.add(t, value, kept, cfg.time_field is not None)
-                if i is None:
+                # Too late: older than every kept value, or its window needs values the
+                # bounded history no longer holds.
+                if i is None or (i + 1 < size and window.trimmed):
                     self.late += 1
                     if cfg.late == "pass":
-                        outputs.append(msg if msg.record is not NOT_DECODED
-                                       else msg.derive(record=record))
+                        outputs.append(_as_is(msg, record))
                     else:
                         failures.append(Failure(msg, self._late_reason(key, t, window),
                                                 self.stage))
                     continue
                 start = i + 1 - size
-                if start < 0 and window.trimmed:
-                    # Its window needs values the bounded history no longer holds.
-                    self.late += 1
-                    if cfg.late == "pass":
-                        outputs.append(msg if msg.record is not NOT_DECODED
-                                       else msg.derive(record=record))
-                    else:
-                        failures.append(Failure(msg, self._late_reason(key, t, window),
-                                                self.stage))
-                    continue
                 if start < 0:
                     self.warming += 1
                     if not cfg.emit_partial:
                         if cfg.no_window == "pass":
-                            outputs.append(msg if msg.record is not NOT_DECODED
-                                           else msg.derive(record=record))
+                            outputs.append(_as_is(msg, record))
                         continue
                     start = 0
                 outputs.append(msg.derive(
@@ -320,6 +310,11 @@ class WindowProcessor(Processor[WindowProcessorConfig]):
 
 def _is_number(value: Any) -> bool:
     return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
+def _as_is(msg: Message, record: dict[str, Any]) -> Message:
+    """``msg`` passed on without a window (decoded here if no earlier step did)."""
+    return msg if msg.record is not NOT_DECODED else msg.derive(record=record)
 
 
 def _time_text(t: float) -> str:

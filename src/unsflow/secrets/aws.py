@@ -83,6 +83,7 @@ class AwsSecretsManagerProvider(SecretProvider):
             ClientError,
             EndpointConnectionError,
             NoCredentialsError,
+            UndefinedModelAttributeError,
         )
 
         region, endpoint = self._where(ref)
@@ -106,7 +107,8 @@ class AwsSecretsManagerProvider(SecretProvider):
             raise SecretError(f"secret {name!r} ({where}): cannot reach the endpoint") from None
         except ValueError as exc:  # botocore: an endpoint URL it cannot use
             raise SecretError(f"secret {name!r} ({where}): {exc}") from None
-        except BotoCoreError as exc:  # botocore's messages carry no secret values
+        except (BotoCoreError, UndefinedModelAttributeError) as exc:
+            # botocore's messages carry no secret values
             raise SecretError(f"secret {name!r} ({where}): {type(exc).__name__}: {exc}") from None
         return _parse(response, name, where)
 

@@ -32,8 +32,8 @@ from typing import TYPE_CHECKING, Any
 
 import orjson
 
+from unsflow.errors import ProtocolError
 from unsflow.server.protocol import (
-    ProtocolError,
     encode_infer_response,
     encode_rest_response,
     model_metadata,

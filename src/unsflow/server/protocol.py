@@ -2,7 +2,7 @@
 
 Pure functions, no I/O and no web framework: the app (:mod:`unsflow.server.app`)
 hands a request body and the model's metadata in, and gets the rows to
-predict, or a :class:`ProtocolError` carrying the HTTP status and the error
+predict, or a :class:`~unsflow.errors.ProtocolError` carrying the HTTP status and the error
 text that the protocol returns as ``{"error": "..."}``.
 
 v2 request (``POST /v2/models/{name}[/versions/{v}]/infer``)::
@@ -36,9 +36,10 @@ from typing import Any
 
 import numpy as np
 
+from unsflow.errors import ProtocolError
+
 __all__ = [
     "InferRequest",
-    "ProtocolError",
     "encode_infer_response",
     "encode_rest_response",
     "model_metadata",
@@ -47,15 +48,6 @@ __all__ = [
 ]
 
 _NUMBER_TYPES = (int, float)
-
-
-class ProtocolError(Exception):
-    """A request the protocol rejects: ``status`` (400, 404) and the text for ``{"error"}``."""
-
-    def __init__(self, status: int, message: str) -> None:
-        super().__init__(message)
-        self.status = status
-        self.message = message
 
 
 @dataclass(frozen=True, slots=True)

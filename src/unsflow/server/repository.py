@@ -26,8 +26,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
-from unsflow.errors import ModelCorrupt, ModelNotFound, ModelStoreError
-from unsflow.server.protocol import ProtocolError
+from unsflow.errors import ModelCorrupt, ModelNotFound, ModelStoreError, ProtocolError
 
 if TYPE_CHECKING:
     from unsflow.ml.store import ModelStore, OnnxModel

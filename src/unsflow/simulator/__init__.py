@@ -4,10 +4,10 @@
   failure modes (spike, drift, stuck, dropout), seeded and reproducible.
 - :mod:`~unsflow.simulator.config`: what to simulate (machines, sensors,
   failures, timing, topic style), from a JSON or YAML file.
-- :mod:`~unsflow.simulator.publisher`: paho-mqtt publishing that waits for
-  every acknowledgement.
 - :mod:`~unsflow.simulator.runner`: the loop: ticks, payloads in ``uns`` or
-  ``redhat`` style, ground truth of every injected anomaly, live config changes.
+  ``redhat`` style, ground truth of every injected anomaly, live config changes;
+  published with the project's one paho publisher (:mod:`unsflow._paho`), which
+  waits for every acknowledgement.
 """
 
 from unsflow.simulator.config import SimulatorConfig, load_simulator_config

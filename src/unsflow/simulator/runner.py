@@ -29,9 +29,9 @@ import time
 from dataclasses import dataclass, field
 from typing import IO, Any
 
+from unsflow._paho import Publisher
 from unsflow.errors import ConfigError
 from unsflow.simulator.config import MachineSpec, SensorSpec, SimulatorConfig, load_simulator_config
-from unsflow.simulator.publisher import MqttPublisher
 from unsflow.simulator.signals import Reading, SensorSignal
 
 __all__ = ["RunStats", "Simulator", "topic_and_payload"]
@@ -163,7 +163,8 @@ class Simulator:
         """Publish until ``count`` readings were published or ``stop`` is set; then flush."""
         stop = stop or threading.Event()
         cfg = self.config
-        publisher = MqttPublisher(cfg.host, cfg.port, qos=cfg.qos)
+        publisher = Publisher(cfg.host, cfg.port, qos=cfg.qos, role="simulate",
+                              component_id="simulator")
         publisher.open()
         truth: IO[str] | None = open(cfg.ground_truth, "a") if cfg.ground_truth else None  # noqa: SIM115
         started = time.monotonic()
@@ -200,7 +201,7 @@ class Simulator:
         count = self.config.count
         return count is not None and self.stats.published >= count
 
-    def _tick(self, publisher: MqttPublisher, truth: IO[str] | None, ts_ms: int) -> None:
+    def _tick(self, publisher: Publisher, truth: IO[str] | None, ts_ms: int) -> None:
         cfg = self.config
         self.stats.ticks += 1
         for stream in self._streams:
@@ -219,7 +220,7 @@ class Simulator:
         if truth is not None:
             truth.flush()
 
-    def _record_truth(self, publisher: MqttPublisher, truth: IO[str] | None, stream: _Stream,
+    def _record_truth(self, publisher: Publisher, truth: IO[str] | None, stream: _Stream,
                       reading: Reading, ts_ms: int, topic: str) -> None:
         self.stats.anomalies += 1
         entry = {"timestamp": ts_ms, "machine": stream.machine.name, "sensor": stream.spec.name,

@@ -357,7 +357,7 @@ class GmqttClient(MqttClient):
         if self._client is None:
             self._make_client()
         from gmqtt.mqtt.constants import MQTTv50, MQTTv311
-        from gmqtt.mqtt.handler import MQTTConnectError
+        from gmqtt.mqtt.handler import MQTTConnectError, MQTTError
 
         s = self.settings
         try:
@@ -365,7 +365,7 @@ class GmqttClient(MqttClient):
                                        version=MQTTv50 if s.protocol_version == "5" else MQTTv311)
         except MQTTConnectError as exc:
             raise refusal_error(exc._code, s.address, self.component_id) from exc
-        except (TimeoutError, OSError) as exc:
+        except (MQTTError, TimeoutError, OSError) as exc:
             raise NotConnected(f"cannot connect to broker {s.address}: {exc}",
                                component_id=self.component_id) from exc
 

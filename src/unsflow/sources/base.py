@@ -76,6 +76,10 @@ class Source(ABC, Generic[C]):
     async def stop(self) -> None:
         """Close without unsubscribing."""
 
+    async def leave(self, timeout: float) -> None:
+        """Before a stop, while still being read: give back this member's share of a
+        group that others go on consuming (MQTT ``$share`` filters). Default: nothing."""
+
     def describe_endpoint(self) -> str:
         """Where the source connects, for logs (host:port, bootstrap servers); no secrets."""
         return self.id

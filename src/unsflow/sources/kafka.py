@@ -194,6 +194,7 @@ class KafkaSource(Source[KafkaSourceConfig]):
         self.received = 0
         self.acked = 0
         self.commits = 0
+        self.pauses = 0  # times the member paused its partitions (backpressure)
 
     # -- lifecycle ---------------------------------------------------------
 
@@ -282,6 +283,8 @@ class KafkaSource(Source[KafkaSourceConfig]):
                 assignment = consumer.assignment()
                 if assignment:
                     consumer.pause(assignment)
+                if not paused:
+                    self.pauses += 1
                 paused = True
             elif paused:
                 assignment = consumer.assignment()

@@ -17,7 +17,9 @@ Guarantees:
   0 has no window at all.
 - A persistent session (fixed client id, clean start off, session expiry)
   keeps subscriptions and queued messages while the process is down. Stop
-  disconnects without unsubscribing.
+  disconnects without unsubscribing, except for shared subscriptions
+  (``$share/GROUP/FILTER``): :meth:`MqttSource.leave` first gives this
+  member's share back (see there), unless ``leave-shared-on-stop`` is off.
 - Reconnects use capped, jittered backoff and re-subscribe every filter.
 - :meth:`MqttSource.update_subscriptions` changes the filters on the live
   connection (a config reload): added filters and changed QoS are
@@ -198,6 +200,61 @@ class MqttSource(Source[MqttSourceConfig]):
         if not await client.ping(timeout):
             log.warning("[%s] broker did not answer PINGREQ before stop", self.id)
 
+    async def leave(self, timeout: float) -> None:
+        """Give this member's share of its ``$share`` groups back before a stop.
+
+        Mosquitto deals a shared subscription's messages to every member whose
+        session holds it, connected or not: a member that disconnects keeping
+        its ``$share`` filters is dealt its share until its session expires,
+        and those messages never reach the other members (measured:
+        docs/deploy.md). So a stopping member unsubscribes its shared filters
+        (UNSUBACK awaited), then goes on reading: what the broker had already
+        sent or queued for this session still arrives and is delivered and
+        acknowledged as usual. It is done when nothing is in flight and a
+        PINGREQ round trip brought nothing new (a broker answers a
+        connection's packets in order, so messages it released after our
+        last acks arrive before the PINGRESP). A restart subscribes again.
+
+        Reading must go on while this runs (the pipeline calls it before it
+        stops its readers). Returns after ``timeout`` seconds at most; nothing
+        happens without shared filters or with ``leave-shared-on-stop`` off.
+        """
+        shared = [f for f in self.subscriptions if f.startswith("$share/")]
+        client = self._client
+        if not shared or client is None or not self.config.broker.leave_shared_on_stop:
+            return
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout
+        # A reconnect meanwhile must not subscribe them again.
+        for flt in shared:
+            del self.subscriptions[flt]
+        if not self._connected.is_set() or not client.connected:
+            log.warning("[%s] stopping while disconnected: shared filter(s) %s stay in the "
+                        "session", self.id, ", ".join(shared))
+            return
+        try:
+            await asyncio.wait_for(client.unsubscribe(shared), max(0.0, deadline - loop.time()))
+        except (TimeoutError, NotConnected):
+            log.warning("[%s] no UNSUBACK for %s before the stop deadline", self.id,
+                        ", ".join(shared))
+            return
+        log.info("[%s] left shared subscription(s) %s; taking what is still in flight",
+                 self.id, ", ".join(shared))
+        taken = self.received
+        while loop.time() < deadline:
+            if self.in_flight or self._pending or self._batches:
+                await asyncio.sleep(0.02)
+                continue
+            before = self.received
+            if not await client.ping(max(0.0, deadline - loop.time())):
+                break
+            if self.received == before and not self._pending and not self.in_flight:
+                log.info("[%s] shared share handed back: %d message(s) taken after "
+                         "unsubscribing", self.id, self.received - taken)
+                return
+        log.warning("[%s] stop deadline reached with %d message(s) in flight: they stay in "
+                    "this client id's session", self.id, self.in_flight)
+
     def describe_endpoint(self) -> str:
         return f"{self.config.broker.host}:{self.config.broker.port}"
 
@@ -240,8 +297,9 @@ class MqttSource(Source[MqttSourceConfig]):
         Added filters and filters whose QoS changed are subscribed (a SUBSCRIBE
         to an existing filter replaces its QoS), removed ones unsubscribed;
         the connection and session stay. Returns once the broker confirmed
-        the new filters (SUBACK); raises :class:`NotConnected` when it did not
-        answer within ``timeout`` seconds and
+        the new filters (SUBACK) and the removal (UNSUBACK): nothing published
+        to a removed filter after that arrives. Raises :class:`NotConnected`
+        when it did not answer within ``timeout`` seconds and
         :class:`~unsflow.errors.PermanentError` (``AccessDenied`` for "not
         authorized") when it refused one. While disconnected, the change is
         recorded and applied on the next connect.
@@ -256,21 +314,21 @@ class MqttSource(Source[MqttSourceConfig]):
         if not self._connected.is_set() or not client.connected:
             self._unsubscribe_pending.update(removed)
             return
-        if removed:
-            client.unsubscribe(removed)
-        if not changed:
-            return
-        waiter = client.subscribe(changed)
+        unsubscribed = client.unsubscribe(removed) if removed else None
+        subscribed = client.subscribe(changed) if changed else None
         # While the pipeline does not read (a reload), batches pile up and the socket is
-        # paused: the SUBACK would wait behind them forever. Read on until it arrives
+        # paused: the answers would wait behind them forever. Read on until they arrive
         # (memory stays bounded by receive-maximum for QoS 1/2).
         self._hold_open = True
         client.resume_reading()
         try:
-            codes = await asyncio.wait_for(waiter, timeout)
+            if unsubscribed is not None:
+                await asyncio.wait_for(unsubscribed, timeout)
+            codes = await asyncio.wait_for(subscribed, timeout) if subscribed else ()
         except TimeoutError:
-            raise NotConnected(f"no SUBACK within {timeout:g}s for "
-                               f"{', '.join(changed)}", component_id=self.id) from None
+            what = ", ".join([*changed, *(f"-{f}" for f in removed)])
+            raise NotConnected(f"no SUBACK/UNSUBACK within {timeout:g}s for {what}",
+                               component_id=self.id) from None
         finally:
             self._hold_open = False
             self._pause_if_full()

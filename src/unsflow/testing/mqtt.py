@@ -32,12 +32,16 @@ Over TLS with a user name and password::
     publish("127.0.0.1", 8883, [("a/b", b"1")], username="unsflow",
             password="...", tls_ca=".services/ca/ca.crt")
 
-Errors: a broker that cannot be reached raises :class:`ConnectionError`; one
-that refuses the login raises :class:`ConnectionRefusedError` naming the MQTT
-reason (Mosquitto: "Not authorized"); a deadline that passes raises
-:class:`TimeoutError` saying how many messages were missing; a broker that
-refuses messages or a subscription with an MQTT 5 reason code raises
-:class:`RuntimeError` naming it.
+Errors (:mod:`unsflow.errors`): a broker that cannot be reached raises
+:class:`~unsflow.errors.NotConnected`; one that refuses the login raises
+:class:`~unsflow.errors.AccessDenied` naming the MQTT reason (Mosquitto:
+"Not authorized"); a deadline that passes raises :class:`TimeoutError` saying
+how many messages were missing; a broker that refuses messages or a
+subscription with an MQTT 5 reason code raises
+:class:`~unsflow.errors.PermanentError` naming it.
+
+:func:`publish` is the project's one paho publisher (:mod:`unsflow._paho`),
+which the simulator and the dead-letter replay use too.
 
 Numbered payloads are plain JSON:
 
@@ -51,12 +55,12 @@ import json
 import math
 import threading
 import time
-import uuid
-from collections.abc import Callable, Iterable
-from types import ModuleType, TracebackType
+from collections.abc import Callable
+from types import TracebackType
 from typing import Any, Self
 
-from unsflow.errors import MissingDependency
+from unsflow._paho import PahoConnection, publish
+from unsflow.errors import AccessDenied, PermanentError
 
 __all__ = [
     "Collector",
@@ -66,252 +70,6 @@ __all__ = [
     "publish_numbered",
     "subscribe_collect",
 ]
-
-# ---------------------------------------------------------------- MQTT helpers
-
-_KEEPALIVE = 60
-_PERSISTENT_SESSION_EXPIRY = 3600  # seconds an MQTT 5 broker keeps a persistent session
-
-
-def _paho() -> ModuleType:
-    try:
-        import paho.mqtt.client as mqtt
-    except ImportError as exc:
-        raise MissingDependency("paho.mqtt", "dev") from exc
-    return mqtt
-
-
-def _protocol(mqtt: ModuleType, protocol: int) -> int:
-    versions = {5: mqtt.MQTTv5, 4: mqtt.MQTTv311, 311: mqtt.MQTTv311, 3: mqtt.MQTTv31}
-    if protocol not in versions:
-        raise ValueError(f"protocol: expected 5, 4 (3.1.1) or 3 (3.1), found {protocol!r}")
-    return int(versions[protocol])
-
-
-class _Connection:
-    """One paho client and its connection.
-
-    ``open()`` returns after CONNACK and raises when the broker is unreachable
-    or refuses the login. Threaded (``open(threaded=True)``), paho's network
-    loop runs in its own thread and reconnects by itself; otherwise the caller
-    drives it with ``pump()``: for a publisher about twice as fast here,
-    because no thread hand-off happens per message.
-    """
-
-    def __init__(
-        self,
-        host: str,
-        port: int,
-        *,
-        role: str,
-        username: str | None,
-        password: str | None,
-        tls_ca: str | None,
-        tls_cert: str | None,
-        tls_key: str | None,
-        client_id: str | None,
-        protocol: int,
-        persistent: bool = False,
-    ) -> None:
-        self.mqtt = _paho()
-        self.host = host
-        self.port = port
-        self.address = f"{host}:{port}"
-        version = _protocol(self.mqtt, protocol)
-        self._connect_properties: Any = None
-        # paho's default: clean start on the first connect only.
-        self._clean_start: Any = self.mqtt.MQTT_CLEAN_START_FIRST_ONLY
-        if version == self.mqtt.MQTTv5:
-            clean_session = None  # MQTT 5 has clean start and session expiry instead
-            if persistent:
-                from paho.mqtt.packettypes import PacketTypes
-                from paho.mqtt.properties import Properties
-
-                self._connect_properties = Properties(PacketTypes.CONNECT)
-                self._connect_properties.SessionExpiryInterval = _PERSISTENT_SESSION_EXPIRY
-                # Mosquitto 2.0.11 does not restore a session begun with clean
-                # start 1 from its persistence file after a restart (measured;
-                # clean start 0 is restored), so never ask for clean start here.
-                self._clean_start = False
-        else:
-            clean_session = not persistent
-        self.client = self.mqtt.Client(
-            self.mqtt.CallbackAPIVersion.VERSION2,
-            client_id=client_id or f"unsflow-testing-{role}-{uuid.uuid4().hex[:8]}",
-            protocol=version,
-            clean_session=clean_session,
-        )
-        if username is not None:
-            self.client.username_pw_set(username, password)
-        if tls_ca or tls_cert:
-            self.client.tls_set(ca_certs=tls_ca, certfile=tls_cert, keyfile=tls_key)
-        self.server_receive_maximum = 65535  # MQTT 5 default when CONNACK names none
-        self.last_disconnect = ""
-        # Called on the loop thread after each later CONNACK with session_present.
-        self.on_reconnect: Callable[[bool], None] | None = None
-        self._threaded = False
-        self._connack = threading.Event()
-        self._refused = ""
-        self.client.on_connect = self._on_connect
-        self.client.on_disconnect = self._on_disconnect
-
-    def _on_connect(self, client: Any, userdata: Any, flags: Any, reason: Any, props: Any) -> None:
-        if reason.is_failure:
-            self._refused = f"{reason} (reason code {reason.value})"
-        elif props is not None and hasattr(props, "ReceiveMaximum"):
-            self.server_receive_maximum = int(props.ReceiveMaximum)
-        if self._connack.is_set() and not reason.is_failure and self.on_reconnect is not None:
-            self.on_reconnect(bool(flags.session_present))
-        self._connack.set()
-
-    def _on_disconnect(
-        self, client: Any, userdata: Any, flags: Any, reason: Any, props: Any
-    ) -> None:
-        self.last_disconnect = str(reason)
-        self._connack.set()  # a broker that hangs up before CONNACK
-
-    def open(self, timeout: float, *, threaded: bool) -> None:
-        deadline = time.monotonic() + timeout
-        try:
-            self.client.connect(
-                self.host,
-                self.port,
-                keepalive=_KEEPALIVE,
-                clean_start=self._clean_start,
-                properties=self._connect_properties,
-            )
-        except (OSError, ValueError) as exc:
-            raise ConnectionError(f"cannot connect to MQTT broker {self.address}: {exc}") from exc
-        self._threaded = threaded
-        if threaded:
-            # Back after a broker restart within seconds (paho's default waits up to 2 min).
-            self.client.reconnect_delay_set(min_delay=1, max_delay=2)
-            self.client.loop_start()
-            self._connack.wait(timeout)
-        else:
-            while not self._connack.is_set() and time.monotonic() < deadline:
-                if self.client.loop(min(0.1, max(deadline - time.monotonic(), 0.0))):
-                    break
-        if self._refused or not self.client.is_connected():
-            self.close()
-            if self._refused:
-                raise ConnectionRefusedError(
-                    f"MQTT broker {self.address} refused the connection: {self._refused}"
-                )
-            if not self._connack.is_set():
-                raise TimeoutError(f"no CONNACK from MQTT broker {self.address} within {timeout} s")
-            raise ConnectionError(
-                f"MQTT broker {self.address} closed the connection: {self.last_disconnect}"
-            )
-
-    def pump(self, timeout: float) -> None:
-        """Unthreaded: send and receive for up to ``timeout`` s; reconnect if the link broke.
-
-        paho resends unacknowledged QoS 1/2 messages after a reconnect, so a
-        publisher stays at-least-once across a broker restart.
-        """
-        if self.client.loop(timeout) == self.mqtt.MQTT_ERR_SUCCESS:
-            return
-        time.sleep(min(timeout, 0.2))
-        try:
-            self.client.reconnect()
-        except OSError as exc:
-            self.last_disconnect = f"{self.last_disconnect or 'connection lost'}; reconnect: {exc}"
-
-    def close(self) -> None:
-        self.client.disconnect()
-        if self._threaded:
-            self.client.loop_stop()
-
-
-def publish(
-    host: str,
-    port: int,
-    messages: Iterable[tuple[str, bytes]],
-    qos: int = 1,
-    *,
-    username: str | None = None,
-    password: str | None = None,
-    tls_ca: str | None = None,
-    tls_cert: str | None = None,
-    tls_key: str | None = None,
-    client_id: str | None = None,
-    protocol: int = 5,
-    timeout: float = 60.0,
-    window: int = 1000,
-) -> int:
-    """Publish every ``(topic, payload)`` and wait until the broker acknowledged all.
-
-    At most ``window`` messages are unacknowledged at a time (fewer if an MQTT 5
-    broker announces a smaller receive-maximum), so ``messages`` may be a long
-    generator. Returns the number acknowledged, which is the number given; at
-    QoS 0 there is no acknowledgement and it counts messages written to the
-    socket. ``timeout`` covers the whole call, connecting included. A broken
-    connection is re-established and the unacknowledged messages sent again
-    (at-least-once) until ``timeout``.
-
-    Raises :class:`TimeoutError` naming how many were not acknowledged in time,
-    :class:`RuntimeError` when an MQTT 5 broker refused some (a PUBACK reason
-    code of 0x80 or more), and :class:`ConnectionError` /
-    :class:`ConnectionRefusedError` when it cannot connect.
-    """
-    if qos not in (0, 1, 2):
-        raise ValueError(f"qos: expected 0, 1 or 2, found {qos!r}")
-    deadline = time.monotonic() + timeout
-    conn = _Connection(
-        host, port, role="pub", username=username, password=password, tls_ca=tls_ca,
-        tls_cert=tls_cert, tls_key=tls_key, client_id=client_id, protocol=protocol,
-    )  # fmt: skip
-    acked = 0
-    refused: list[str] = []
-
-    def on_publish(client: Any, userdata: Any, mid: int, reason: Any, props: Any) -> None:
-        nonlocal acked
-        if reason is not None and reason.is_failure:
-            refused.append(f"{reason} (reason code {reason.value})")
-        else:
-            acked += 1
-
-    conn.client.on_publish = on_publish
-    window = max(1, window)
-    conn.client.max_inflight_messages_set(window)  # paho allows this only before connecting
-    conn.open(max(deadline - time.monotonic(), 0.0), threaded=False)
-    # paho would queue without bound; at most `window` messages are between
-    # publish() and their acknowledgement, and no more than an MQTT 5 broker's
-    # receive-maximum (it disconnects a client that sends more).
-    window = min(window, conn.server_receive_maximum)
-    pending = iter(messages)
-    exhausted = False
-    sent = 0
-    try:
-        while True:
-            while not exhausted and sent - acked - len(refused) < window:
-                item = next(pending, None)
-                if item is None:
-                    exhausted = True
-                    break
-                conn.client.publish(item[0], item[1], qos=qos)
-                sent += 1
-            if exhausted and acked + len(refused) >= sent:
-                break
-            left = deadline - time.monotonic()
-            if left <= 0:
-                lost = sent - acked - len(refused)
-                stage = "were" if exhausted else "published so far were"
-                why = f"; last disconnect: {conn.last_disconnect}" if conn.last_disconnect else ""
-                raise TimeoutError(
-                    f"{lost} of {sent} messages {stage} not acknowledged by MQTT broker "
-                    f"{conn.address} within {timeout} s ({acked} acknowledged){why}"
-                )
-            conn.pump(min(left, 0.1))
-    finally:
-        conn.close()
-    if refused:
-        raise RuntimeError(
-            f"MQTT broker {conn.address} refused {len(refused)} of {sent} messages "
-            f"(first: {refused[0]}); {acked} acknowledged"
-        )
-    return acked
 
 
 def end_session(host: str, port: int, client_id: str, *, timeout: float = 10.0,
@@ -407,7 +165,7 @@ class Collector:
             "protocol": protocol, "persistent": persistent,
         }  # fmt: skip
         self.connect_timeout = connect_timeout
-        self._conn: _Connection | None = None
+        self._conn: PahoConnection | None = None
         self._messages: list[tuple[str, bytes]] = []
         self._distinct: set[tuple[str, bytes]] = set()
         self._arrived = threading.Condition()
@@ -422,7 +180,7 @@ class Collector:
         """Connect and subscribe; return after SUBACK."""
         if self._conn is not None:
             raise RuntimeError("Collector already started")
-        conn = _Connection(self.host, self.port, role="sub", **self._options)
+        conn = PahoConnection(self.host, self.port, role="testing-sub", **self._options)
         subacked = threading.Event()
         granted: list[Any] = []
 
@@ -448,7 +206,8 @@ class Collector:
                 )
             failed = [r for r in granted if r.is_failure]
             if failed:
-                raise RuntimeError(
+                error = AccessDenied if failed[0].value == 0x87 else PermanentError
+                raise error(
                     f"MQTT broker {conn.address} refused the subscription to "
                     f"{self.topic_filter!r}: {failed[0]} (reason code {failed[0].value})"
                 )
