@@ -22,6 +22,8 @@ from __future__ import annotations
 import struct
 from typing import Any
 
+from unsflow.errors import MalformedPacket
+
 __all__ = [
     "AUTH",
     "CONNACK",
@@ -58,10 +60,6 @@ PINGREQ_PACKET = b"\xc0\x00"
 DISCONNECT_PACKET = b"\xe0\x00"
 # Topics remembered (bytes -> str) per connection: a UNS has a bounded set of topics.
 TOPIC_CACHE_SIZE = 65536
-
-
-class MalformedPacket(ValueError):
-    """Bytes that are not a valid MQTT packet (the connection is closed: MQTT 4.13)."""
 
 
 def varint(n: int) -> bytes:
