@@ -24,9 +24,13 @@ pytestmark = pytest.mark.integration
 CLIENT = {"kind": "asyncio"}
 
 
-@pytest.fixture(params=["asyncio", "gmqtt"], autouse=True)
-def impl(request) -> str:
-    CLIENT["kind"] = request.param
+@pytest.fixture(params=["asyncio", "asyncio-python", "gmqtt"], autouse=True)
+def impl(request, monkeypatch) -> str:
+    """asyncio (with the compiled decoder where installed), asyncio-python (the pure-Python
+    decoder, as where no compiler exists), gmqtt."""
+    if request.param == "asyncio-python":
+        monkeypatch.setenv("UNSFLOW_SPEEDUPS", "0")
+    CLIENT["kind"] = request.param.split("-")[0]
     return request.param
 
 
