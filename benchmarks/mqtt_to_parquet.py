@@ -44,14 +44,19 @@ import time
 from pathlib import Path
 from typing import Any
 
+if str(Path(__file__).resolve().parents[1]) not in sys.path:  # run as a script, or imported
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # by one as mqtt_to_parquet
+
 from benchmarks.common import (
     REPO,
     TOPIC,
     Broker,
     Measured,
     Unsflow,
+    count_rows,
     cpu_seconds,
     end_session,
+    free_port,
     make_session,
     mosquitto_sub,
     payload,
@@ -61,6 +66,27 @@ from benchmarks.common import (
 )
 
 BROKER_CONF = "queue_qos0_messages true\nset_tcp_nodelay true"
+
+__all__ = ["BROKER_CONF", "count_rows", "lake_config", "scenarios", "start_broker",
+           "stop_broker"]
+
+
+def start_broker(workdir: Path) -> dict[str, Any]:
+    """A broker of its own in ``workdir`` with ``queue_qos0_messages`` (for the scripts that
+    manage one themselves: scale_out.py, dashboard_overhead.py; the scenarios here use
+    :func:`benchmarks.common.own_broker`); its info.json as a dict."""
+    env = {**os.environ, "UNSFLOW_SERVICES_DIR": str(workdir / "services"),
+           "UNSFLOW_MQTT_PORT": str(free_port()), "UNSFLOW_MQTTS_PORT": str(free_port()),
+           "UNSFLOW_MQTT_EXTRA_CONF": "queue_qos0_messages true"}
+    subprocess.run(["bash", str(REPO / "scripts" / "services.sh"), "up", "mosquitto"],
+                   env=env, check=True, capture_output=True, text=True)
+    return dict(json.loads((workdir / "services" / "mosquitto" / "info.json").read_text()))
+
+
+def stop_broker(workdir: Path) -> None:
+    env = {**os.environ, "UNSFLOW_SERVICES_DIR": str(workdir / "services")}
+    subprocess.run(["bash", str(REPO / "scripts" / "services.sh"), "down", "mosquitto"],
+                   env=env, check=False, capture_output=True)
 SIZES = {"80B": 80, "1KB": 1024, "10KB": 10240}
 
 
