@@ -29,6 +29,7 @@ import os
 import random
 import sys
 import time
+import uuid
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -149,7 +150,7 @@ async def _drive(broker: Broker, tag: str, rate: float,
 
 def alerts(env: dict[str, Any], workdir: Path, rate: float, seconds: float,
            goal_ms: float | None) -> dict[str, Any]:
-    tag = f"alerts{int(rate)}"
+    tag = f"alerts{int(rate)}-{uuid.uuid4().hex[:6]}"
     run = Unsflow(pipeline(env["broker"], env["store"], tag), workdir, tag)
     try:
         run.start("subscribed:")

@@ -25,6 +25,7 @@ import os
 import subprocess
 import sys
 import time
+import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -95,7 +96,7 @@ def producer_rate(kafka: dict[str, Any], security: str, n: int, tag: str) -> Mea
 
     from confluent_kafka import Producer
 
-    topic = f"bench.raw.{tag}.{os.getpid()}"
+    topic = f"bench.raw.{tag}.{uuid.uuid4().hex[:8]}"
     create_topic(kafka, topic)
     producer = Producer({**client_config(kafka, security), "enable.idempotence": True,
                          "acks": "all", "compression.type": "lz4", "linger.ms": 5,
@@ -135,8 +136,9 @@ def bridge_rate(broker: Broker, kafka: dict[str, Any], security: str, n: int, ta
                 workdir: Path) -> Measured:
     from confluent_kafka import Consumer
 
-    cid = f"bench-bridge-{tag}-{os.getpid()}"
-    topic = f"bench.bridge.{tag}.{os.getpid()}"
+    tag = f"{tag}-{uuid.uuid4().hex[:8]}"  # a run of its own: session, topic, config
+    cid = f"bench-bridge-{tag}"
+    topic = f"bench.bridge.{tag}"
     create_topic(kafka, topic)
     target: dict[str, Any] = {"type": "kafka", "topic": topic, "key": "{levels[1]}",
                               "bootstrap-servers": kafka["bootstrap"]}

@@ -41,6 +41,7 @@ import os
 import subprocess
 import sys
 import time
+import uuid
 from pathlib import Path
 from typing import Any
 
@@ -136,7 +137,7 @@ def wait_lake(lake: Path, count: int, timeout: float = 600) -> tuple[int, float]
 
 
 def reference_backlog(broker: Broker, n: int, size: int, qos: int, tag: str) -> Measured:
-    cid = f"ref-{tag}-{os.getpid()}"
+    cid = f"ref-{tag}-{uuid.uuid4().hex[:8]}"
     make_session(broker, cid, qos)
     publish_backlog(broker, n, size)
     t0 = time.perf_counter()
@@ -149,7 +150,8 @@ def reference_backlog(broker: Broker, n: int, size: int, qos: int, tag: str) -> 
 
 def unsflow_backlog(broker: Broker, n: int, size: int, qos: int, tag: str,
                     workdir: Path, extra: dict[str, Any] | None = None) -> Measured:
-    cid = f"unsflow-{tag}-{os.getpid()}"
+    tag = f"{tag}-{uuid.uuid4().hex[:8]}"  # a run of its own: session, lake, config
+    cid = f"unsflow-{tag}"
     lake = workdir / f"lake-{tag}"
     make_session(broker, cid, qos)
     publish_backlog(broker, n, size)
@@ -223,9 +225,10 @@ def reference_live(broker: Broker, n: int, size: int, qos: int, workdir: Path) -
 
 
 def unsflow_live(broker: Broker, n: int, size: int, qos: int, workdir: Path) -> Measured:
-    lake = workdir / f"lake-live-q{qos}"
+    tag = f"live-q{qos}-{uuid.uuid4().hex[:8]}"
+    lake = workdir / f"lake-{tag}"
     config = lake_config(broker, None, lake, qos, max_age=0.25)
-    run = Unsflow(config, workdir, f"live-q{qos}")
+    run = Unsflow(config, workdir, tag)
     try:
         run.start("subscribed:")
         lines = _lines(workdir, n, size)

@@ -355,3 +355,28 @@ async def test_an_unreachable_broker_is_not_connected(impl) -> None:
     client = make_client(impl, ClientSettings("127.0.0.1", 9), Events(), component_id="uns")
     with pytest.raises(NotConnected, match="cannot connect to broker 127.0.0.1:9"):
         await client.connect()
+
+
+async def test_packets_cut_anywhere_across_reads_arrive_whole_and_in_order(impl) -> None:
+    """A stream of QoS 1 PUBLISH packets (small and 20 KB ones) written in pieces cut at
+    every kind of place: inside the fixed header, the topic, the payload."""
+    events = Events()
+    packets = [publish_packet(f"a/{i}", (b"%d:" % i) * (1 if i % 3 else 4000), 1, i + 1)
+               for i in range(60)]
+    stream = b"".join(packets)
+    async with Peer() as peer:
+        client = client_for(peer, events, impl=impl)
+        await client.connect()
+        try:
+            assert peer.writer is not None
+            cuts = [0, 1, 2, 3, 7, 30, 5000, 5001, 20000, 20003, 41000, len(stream)]
+            for a, b in zip(cuts, cuts[1:]):
+                peer.writer.write(stream[a:b])
+                await peer.writer.drain()
+                await asyncio.sleep(0.01)  # one read each
+            await until(lambda: len(events.messages) == 60)
+        finally:
+            await client.disconnect()
+    assert [t for t, *_ in events.messages] == [f"a/{i}" for i in range(60)]
+    assert [p for _, p, *_ in events.messages] == \
+        [(b"%d:" % i) * (1 if i % 3 else 4000) for i in range(60)]

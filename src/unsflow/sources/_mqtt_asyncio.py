@@ -150,22 +150,33 @@ class _Connection(asyncio.Protocol):
             return
         if self.pings:
             self.ping_sent_at = time.monotonic()  # the link is alive; the answer is queued
-        if self._rest:
-            self._rest.append(data)
-            self._have += len(data)
-            if self._have < self._need:
-                return
-            data = b"".join(self._rest)
-            self._rest.clear()
-            self._have = self._need = 0
+        start = 0
         try:
-            self._consume(data)
+            if self._rest:
+                had = self._have
+                self._have += len(data)
+                if self._need and self._have < self._need:  # the packet is still incomplete
+                    self._rest.append(data)
+                    return
+                if self._need:
+                    # Complete the cut packet with just the bytes it lacks: the rest of this
+                    # read is decoded where it lies, not copied behind the old bytes.
+                    start = self._need - had
+                    packet = b"".join([*self._rest, data[:start]])
+                else:  # even the fixed header was cut (rare): join everything
+                    start = len(data)
+                    packet = b"".join([*self._rest, data])
+                self._rest.clear()
+                self._have = self._need = 0
+                self._consume(packet)
+                if self.closing or start >= len(data):
+                    return
+            self._consume(data, start)
         except wire.MalformedPacket as exc:
             self.abort(f"malformed packet from the broker: {exc}")
 
-    def _consume(self, data: bytes) -> None:
+    def _consume(self, data: bytes, pos: int = 0) -> None:
         n = len(data)
-        pos = 0
         client = self.client
         deliver = client.events.mqtt_batch
         scan = self._scan
