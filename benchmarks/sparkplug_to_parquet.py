@@ -41,7 +41,7 @@ from unsflow.config.loading import parse_config
 from unsflow.engine.pipeline import Pipeline
 from unsflow.message import Message
 from unsflow.processors.sparkplug import SparkplugProcessor, SparkplugProcessorConfig
-from unsflow.sparkplug import encode_payload
+from unsflow.codecs.sparkplug import encode_payload
 from unsflow.testing import MemorySource
 
 KINDS = [("Double", lambda i, k: i * 0.5 + k), ("Int32", lambda i, k: i - k),

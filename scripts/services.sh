@@ -409,8 +409,15 @@ main() {
     [ $# -ge 1 ] || usage
     local cmd=$1 name rc=0
     shift
-    local names=("$@")
-    [ ${#names[@]} -gt 0 ] || names=("${SERVICES[@]}")
+    local names=("$@") i
+    if [ ${#names[@]} -eq 0 ]; then
+        names=("${SERVICES[@]}")
+        # Without names, 'down' stops in reverse order: the services that need others first.
+        if [ "$cmd" = down ]; then
+            names=()
+            for ((i = ${#SERVICES[@]} - 1; i >= 0; i--)); do names+=("${SERVICES[i]}"); done
+        fi
+    fi
     for name in "${names[@]}"; do
         declare -F "start_$name" >/dev/null || die "unknown service '$name' (known: ${SERVICES[*]})"
     done
@@ -442,10 +449,13 @@ main() {
     return "$rc"
 }
 
-# Services defined in scripts/services.d/*.sh; each adds its name to SERVICES.
+# Services defined in scripts/services.d/*.sh; each adds its name to SERVICES, or to
+# SERVICES_LAST when it needs others running (they come after the rest).
+SERVICES_LAST=()
 for service_file in "$REPO_ROOT"/scripts/services.d/*.sh; do
     # shellcheck source=/dev/null
     . "$service_file"
 done
+SERVICES+=("${SERVICES_LAST[@]}")
 
 main "$@"

@@ -28,7 +28,7 @@ pick_python() {
 deps_ok() {
     "$PYTHON" - "$REPO_ROOT/src" >/dev/null 2>&1 <<'EOF'
 import pathlib, sys
-import unsflow, pytest, paho.mqtt, duckdb, hypothesis
+import unsflow, pytest, paho.mqtt, duckdb, hypothesis, xdist
 here = pathlib.Path(sys.argv[1]).resolve()
 sys.exit(0 if pathlib.Path(unsflow.__file__).resolve().is_relative_to(here) else 1)
 EOF
@@ -66,6 +66,9 @@ bash scripts/speedups.sh "$PYTHON"
 # pytest, so that no first-time build runs inside a test's timeout.
 # A service that cannot start fails here, loudly, with its log tail.
 bash scripts/services.sh up mosquitto minio moto kafka chromium
+# The factory-to-core topology's jars (Kafka Connect, Debezium) and PostgreSQL: installed
+# here, started by tests/e2e/test_edge_to_core.py in a data dir of its own.
+bash scripts/services.sh install postgres debezium mm2
 # The deployment tests' tools, for the same reason: kustomize and toxiproxy built from
 # their Go modules, the pinned CRDs collected (once per machine, then cached).
 bash scripts/tools.sh build
@@ -73,4 +76,8 @@ bash scripts/tools.sh build
 # The e2e tests run the `unsflow` command: take the one installed beside this Python.
 PATH="$("$PYTHON" -c 'import os, sys; print(os.path.dirname(sys.executable))'):$PATH"
 export PATH
-exec "$PYTHON" -m pytest -q "$@"
+# Test modules run in parallel worker processes (pytest-xdist; one module stays on one
+# worker, so its module-scoped services start once): most tests wait on brokers,
+# processes and disks more than they compute. UNSFLOW_TEST_WORKERS=0 runs them in this
+# process, one after another.
+exec "$PYTHON" -m pytest -q -n "${UNSFLOW_TEST_WORKERS:-3}" --dist loadfile "$@"

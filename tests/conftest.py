@@ -382,20 +382,43 @@ def pytest_collection_finish(session: pytest.Session) -> None:
         build.wait(3600)
 
 
-def pytest_terminal_summary(terminalreporter: Any) -> None:
-    """The fault suite's table (tests/e2e/helpers.py ``report_scenario``), also as JSON."""
+# Fault-scenario rows, as the controller saw them reported (tests/e2e/helpers.py
+# ``report_scenario``). With pytest-xdist the scenarios run in worker processes: each row
+# travels to the controller on its test's report (``user_properties``).
+_FAULT_ROWS: list[dict[str, Any]] = []
+_FAULT_SENT = [0]  # rows of this process's FAULT_REPORT already put on a report
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_makereport(item: pytest.Item, call: Any) -> Any:
+    outcome = yield
     from tests.e2e.helpers import FAULT_REPORT
 
-    if not FAULT_REPORT:
+    report = outcome.get_result()
+    new = FAULT_REPORT[_FAULT_SENT[0]:]
+    if new:
+        _FAULT_SENT[0] = len(FAULT_REPORT)
+        report.user_properties.extend(("fault_scenario", dict(row)) for row in new)
+
+
+def pytest_runtest_logreport(report: pytest.TestReport) -> None:
+    _FAULT_ROWS.extend(value for key, value in report.user_properties
+                       if key == "fault_scenario")
+
+
+def pytest_terminal_summary(terminalreporter: Any) -> None:
+    """The fault suite's table (tests/e2e/helpers.py ``report_scenario``), also as JSON."""
+    if not _FAULT_ROWS:
         return
+    rows = sorted(_FAULT_ROWS, key=lambda e: e["scenario"])
     write = terminalreporter.write_line
     terminalreporter.section("fault scenarios")
     write(f"{'scenario':<34} {'published':>9} {'delivered':>9} {'dead-lettered':>13} "
           f"{'duplicated':>10} {'lost':>5}")
-    for e in FAULT_REPORT:
+    for e in rows:
         write(f"{e['scenario']:<34} {e['published']:>9} {e['delivered']:>9} "
               f"{e['dead_lettered']:>13} {e['duplicated']:>10} {e['lost']:>5}")
     out = Path(__file__).parents[1] / "build" / "fault-report.json"
     out.parent.mkdir(exist_ok=True)
-    out.write_text(json.dumps(FAULT_REPORT, indent=2) + "\n")
+    out.write_text(json.dumps(rows, indent=2) + "\n")
     write(f"(written to {out})")

@@ -31,3 +31,58 @@ other_data_dir() {
         echo "  that is the service of another data dir; to use it: UNSFLOW_SERVICES_DIR=${arg%"$2"}"
     fi
 }
+
+# maven_libs CACHE DESCRIPTION DEPENDENCIES [MVN_ARGS...] : resolve the <dependency>
+# elements DEPENDENCIES (XML) and their runtime dependencies with Maven, once, into
+# CACHE/libs; CACHE/.complete marks a finished resolve, a lock keeps parallel
+# installs apart (several data dirs share one cache). Extra MVN_ARGS go to
+# dependency:copy-dependencies (e.g. -DexcludeGroupIds=...).
+maven_libs() {
+    local cache=$1 what=$2 deps=$3 tmp
+    shift 3
+    [ -f "$cache/.complete" ] && return 0
+    command -v mvn >/dev/null 2>&1 || apt_install maven
+    mkdir -p "$cache"
+    exec 7>"$cache/.lock"
+    flock -w 900 7 || die "another install holds $cache/.lock for 900 s"
+    if [ -f "$cache/.complete" ]; then
+        exec 7>&-
+        return 0
+    fi
+    log "resolving $what and its runtime dependencies (mvn) into $cache/libs"
+    cat >"$cache/pom.xml" <<POM
+<?xml version="1.0" encoding="UTF-8"?>
+<!-- Written by scripts/services.d (maven_libs): $what -->
+<project xmlns="http://maven.apache.org/POM/4.0.0">
+  <modelVersion>4.0.0</modelVersion>
+  <groupId>local.unsflow</groupId>
+  <artifactId>${cache##*/}</artifactId>
+  <version>1</version>
+  <packaging>pom</packaging>
+  <dependencies>
+$deps
+  </dependencies>
+  <build>
+    <plugins>
+      <plugin>
+        <groupId>org.apache.maven.plugins</groupId>
+        <artifactId>maven-dependency-plugin</artifactId>
+        <version>3.8.1</version>
+      </plugin>
+    </plugins>
+  </build>
+</project>
+POM
+    tmp=$cache/libs.tmp
+    rm -rf "$tmp"
+    (cd "$cache" && mvn -q -B dependency:copy-dependencies -DincludeScope=runtime \
+        -DoutputDirectory="$tmp" "$@" </dev/null >"$cache/mvn.log" 2>&1) || {
+        tail -n 40 "$cache/mvn.log" >&2
+        die "mvn could not resolve $what (log: $cache/mvn.log)"
+    }
+    rm -rf "$cache/libs"
+    mv "$tmp" "$cache/libs"
+    touch "$cache/.complete"
+    exec 7>&-
+    log "$what: $(find "$cache/libs" -name '*.jar' | wc -l) jars in $cache/libs"
+}

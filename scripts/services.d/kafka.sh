@@ -41,6 +41,10 @@ KAFKA_PID=$KAFKA_DIR/kafka.pid
 KAFKA_LOG=$KAFKA_DIR/server.log
 # Test-only keystore password; the keystore holds the test CA's server key.
 KAFKA_KEYSTORE_PASSWORD=unsflow-test-keystore
+# The service's name in messages and the prefix of its port variables: kafka-core.sh
+# runs these same functions for the core cluster with its own values.
+KAFKA_NAME=kafka
+KAFKA_ENV=UNSFLOW_KAFKA
 
 kafka_java() {
     if [ -n "${JAVA_HOME:-}" ] && [ -x "$JAVA_HOME/bin/java" ]; then
@@ -229,8 +233,8 @@ EOF
 
 kafka_failed() {
     local why=$1 pid
-    printf 'services: error: kafka: %s\n' "$why" >&2
-    if pid=$(kafka_pid); then stop_pid kafka "$pid"; fi
+    printf 'services: error: %s: %s\n' "$KAFKA_NAME" "$why" >&2
+    if pid=$(kafka_pid); then stop_pid "$KAFKA_NAME" "$pid"; fi
     if [ -s "$KAFKA_DIR/kafka.stderr" ]; then
         echo "--- last 30 lines of $KAFKA_DIR/kafka.stderr" >&2
         tail -n 30 "$KAFKA_DIR/kafka.stderr" >&2
@@ -253,7 +257,7 @@ kafka_format() {
         return 0
     fi
     if [ -d "$KAFKA_DIR/data" ]; then
-        log "kafka: the SCRAM user changed; formatting the storage in $KAFKA_DIR/data again"
+        log "$KAFKA_NAME: the SCRAM user changed; formatting the storage in $KAFKA_DIR/data again"
     fi
     rm -rf "$KAFKA_DIR/data" "$stamp"
     # A cluster id is 16 random bytes, URL-safe base64 without padding; like Kafka's own
@@ -273,9 +277,9 @@ kafka_format() {
 }
 
 start_kafka() {
-    local pid port java probe_rc=0
+    local pid port java probe_rc=0 started=$SECONDS
     if pid=$(kafka_pid); then
-        log "kafka already running (pid $pid, data $KAFKA_DIR)"
+        log "$KAFKA_NAME already running (pid $pid, data $KAFKA_DIR)"
         port=$(sed -n 's/^listeners=//p' "$KAFKA_CONF")
         case $port in *":$KAFKA_PORT,"*":$KAFKA_SASL_PORT,"*":$KAFKA_CONTROLLER_PORT") ;; *)
             log "note: it listens on $port, not the ports asked for; 'down' then 'up' to change" ;;
@@ -290,9 +294,9 @@ start_kafka() {
         if port_open "$KAFKA_HOST" "$port"; then
             {
                 echo "services: error: port $port on $KAFKA_HOST is in use by another process, not by the Kafka of $KAFKA_DIR;"
-                echo "  stop it or choose other ports with UNSFLOW_KAFKA_PORT / UNSFLOW_KAFKA_SASL_PORT / UNSFLOW_KAFKA_CONTROLLER_PORT"
+                echo "  stop it or choose other ports with ${KAFKA_ENV}_PORT / ${KAFKA_ENV}_SASL_PORT / ${KAFKA_ENV}_CONTROLLER_PORT"
                 who_listens "$port"
-                other_data_dir "$port" /kafka/server.properties
+                other_data_dir "$port" "/${KAFKA_DIR##*/}/server.properties"
             } >&2
             exit 1
         fi
@@ -336,26 +340,26 @@ start_kafka() {
     esac
 
     write_kafka_info
-    log "kafka $KAFKA_VERSION running (pid $pid): PLAINTEXT $KAFKA_HOST:$KAFKA_PORT, SASL_SSL $KAFKA_HOST:$KAFKA_SASL_PORT, info $KAFKA_DIR/info.json"
+    log "$KAFKA_NAME $KAFKA_VERSION running (pid $pid): PLAINTEXT $KAFKA_HOST:$KAFKA_PORT, SASL_SSL $KAFKA_HOST:$KAFKA_SASL_PORT, info $KAFKA_DIR/info.json (started in $((SECONDS - started)) s)"
 }
 
 stop_kafka() {
     local pid
     if pid=$(kafka_pid); then
         # A controlled shutdown of one node takes a few seconds; stop_pid waits 10.
-        stop_pid kafka "$pid"
+        stop_pid "$KAFKA_NAME" "$pid"
     else
-        log "kafka not running"
+        log "$KAFKA_NAME not running"
     fi
 }
 
 status_kafka() {
     local pid
     if pid=$(kafka_pid); then
-        printf '%-10s running  pid %-7s listeners %s  data %s\n' kafka "$pid" \
+        printf '%-10s running  pid %-7s listeners %s  data %s\n' "$KAFKA_NAME" "$pid" \
             "$(sed -n 's/^listeners=//p' "$KAFKA_CONF")" "$KAFKA_DIR"
     else
-        printf '%-10s stopped\n' kafka
+        printf '%-10s stopped\n' "$KAFKA_NAME"
         return 3
     fi
 }

@@ -12,7 +12,7 @@ from unsflow.components import Context
 from unsflow.config.loading import parse_config
 from unsflow.message import Message
 from unsflow.processors.sparkplug import SparkplugProcessor, SparkplugProcessorConfig
-from unsflow.sparkplug import _build, decode_payload, encode_payload, metric_value
+from unsflow.codecs.sparkplug import _build, decode_payload, encode_payload, metric_value
 
 G, N = "plant1", "edge7"
 

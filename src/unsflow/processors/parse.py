@@ -4,7 +4,9 @@ Contract:
 
 - A message whose payload decodes becomes ``message.derive(record=...)``: JSON
   gives whatever the JSON holds, CSV gives one dict per payload with the
-  configured ``columns`` as keys (numbers become numbers).
+  configured ``columns`` as keys (numbers become numbers), ``debezium`` gives
+  one row per change event with its table as the topic and drops tombstones
+  (:mod:`unsflow.codecs.debezium`).
 - A message that cannot be decoded (invalid UTF-8, empty, not JSON, wrong CSV
   field count) is returned as a :class:`~unsflow.message.Failure` whose error
   says why; the rest of the batch goes on. Nothing is retried: a payload that
@@ -29,6 +31,7 @@ from pydantic import Field, ValidationInfo, field_validator
 from pydantic_core import PydanticCustomError
 
 from unsflow.codecs import decode_csv, decode_json
+from unsflow.codecs.debezium import decode_changes
 from unsflow.config.models import ProcessorConfig
 from unsflow.errors import DecodeError
 from unsflow.message import NOT_DECODED, Failure, Message
@@ -45,8 +48,9 @@ class ParseProcessorConfig(ProcessorConfig):
     """Decode payloads (JSON or one CSV line) into records."""
 
     type: Literal["parse"] = Field(description="Processor type: parse.")
-    format: Literal["json", "csv"] = Field(
-        "json", description="Payload format: json, or csv (one line per payload)."
+    format: Literal["json", "csv", "debezium"] = Field(
+        "json", description="Payload format: json, csv (one line per payload), or debezium "
+        "(change events of Kafka Connect's JSON converter, with or without schemas)."
     )
     # Declared after `format`: the validator below reads it.
     columns: list[str] | None = Field(
@@ -68,7 +72,7 @@ class ParseProcessorConfig(ProcessorConfig):
             raise PydanticCustomError(
                 "csv_columns", "a list of column names (required when format is csv)"
             )
-        if fmt == "json" and value is not None:
+        if fmt != "csv" and value is not None:
             raise PydanticCustomError("json_columns", "no columns (they apply to format csv only)")
         if value is not None:
             if any(not name for name in value):
@@ -90,6 +94,8 @@ class ParseProcessor(Processor[ParseProcessorConfig]):
         return self._parse_all(batch)
 
     def _parse_all(self, batch: list[Message]) -> ProcessResult:
+        if self.config.format == "debezium":
+            return decode_changes(batch, self.stage)
         outputs: list[Message] = []
         failures: list[Failure] = []
         decode = self._decoder()

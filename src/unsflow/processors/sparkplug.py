@@ -66,7 +66,7 @@ from unsflow.config.models import Model, ProcessorConfig, SecretRef, TlsConfig
 from unsflow.errors import DecodeError, UnsflowError
 from unsflow.message import Failure, Message
 from unsflow.processors.base import Processor, ProcessResult
-from unsflow.sparkplug import (
+from unsflow.codecs.sparkplug import (
     DATATYPES,
     SparkplugTopic,
     decode_payload,
@@ -196,7 +196,7 @@ class SparkplugProcessor(Processor[SparkplugProcessorConfig]):
     # -- lifecycle -------------------------------------------------------------
 
     async def start(self) -> None:
-        from unsflow.sparkplug import _build
+        from unsflow.codecs.sparkplug import _build
 
         _build()  # a missing protobuf fails here, naming the extra, not on the first batch
         self._loop = asyncio.get_running_loop()
