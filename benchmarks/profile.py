@@ -19,6 +19,7 @@ from __future__ import annotations
 import argparse
 import collections
 import os
+import shutil
 import sys
 import tempfile
 import time
@@ -92,6 +93,7 @@ def main() -> None:
             run.stop()
             end_session(broker, cid)
     summary = aggregate(Path(f"{raw}.drain.txt"))
+    shutil.rmtree(workdir, ignore_errors=True)
     head = (f"unsflow draining {n} QoS 1 messages (80 B) into Parquet: {n / elapsed:,.0f} msg/s, "
             f"{cpu / n * 1e6:.2f} CPU us/msg, load average {os.getloadavg()[0]:.1f}\n"
             f"code: {args.src or 'commit ' + os.popen(f'git -C {REPO} rev-parse --short HEAD').read().strip()}\n")
