@@ -35,11 +35,10 @@ import time
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(Path(__file__).resolve().parent))
+sys.path.insert(0, str(REPO))
 sys.path.insert(0, str(REPO / "src"))
 
-from common import payload  # noqa: E402
-from mqtt_to_parquet import start_broker, stop_broker  # noqa: E402
+from benchmarks.common import own_broker, payload  # noqa: E402
 
 from unsflow.testing import publish  # noqa: E402
 
@@ -78,8 +77,10 @@ def main() -> None:
     lake = workdir / "lake"
     path = workdir / "pipeline.json"
     lines: list[str] = []
+    broker_context = own_broker()
     try:
-        broker = start_broker(workdir)
+        own = broker_context.__enter__()
+        broker = {"host": own.host, "port": own.port}
         path.write_text(json.dumps(config(broker, lake, workdir, 1.0)))
         proc = subprocess.Popen([sys.executable, "-m", "unsflow.cli", "run", str(path)],
                                 stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
@@ -117,7 +118,7 @@ def main() -> None:
         proc.terminate()
         proc.wait(60)
     finally:
-        stop_broker(workdir)
+        broker_context.__exit__(None, None, None)
         shutil.rmtree(workdir, ignore_errors=True)
     pauses = [float(m.group(1)) for line in lines
               if (m := re.search(r"config reloaded .*reading paused ([0-9.]+)s", line))]

@@ -1,89 +1,74 @@
-"""MQTT -> Kafka: unsflow's bridge rate against the raw rates of both sides.
+"""MQTT -> Kafka: unsflow's bridge against a plain confluent-kafka producer, same payloads.
 
-Method (one run prints one JSON document):
+Scenarios ``kafka-plaintext`` and ``kafka-sasl_ssl`` (one JSON line each):
 
-1. A broker and a Kafka of their own, started by ``scripts/services.sh`` in a
-   temporary directory on free ports (so nothing else shares them). Kafka is
-   the project's test Kafka (KRaft, one node, 512 MiB heap).
-2. For each security protocol (PLAINTEXT, SASL_SSL with SCRAM-SHA-512): a
-   persistent MQTT session is created for the bridge, N messages (~80-byte
-   JSON, QoS 1) are published into it while the bridge is offline, then the
-   bridge connects and drains the backlog into a new 3-partition topic. This
-   measures how fast the bridge moves messages, not how fast a publisher sends.
-3. Raw MQTT: ``mosquitto_sub -q 1 -C N`` drains the same backlog (C client,
-   output to /dev/null). Raw Kafka: one confluent-kafka producer in this
-   process produces N messages with the bridge's settings (idempotent,
-   acks=all, lz4, same key) and flushes. The bridge can be no faster than the
-   slower of the two.
-4. unsflow: ``unsflow run`` on a config like examples/mqtt-to-kafka.json
-   (key = site from the topic, payload unchanged); the clock runs from its
-   "subscribing" log line until the topic's high watermarks add up to N, i.e.
-   every message acknowledged by Kafka (acks=all). Peak memory is the
-   process's VmHWM.
+1. A broker and a Kafka of the benchmark's own (scripts/services.sh in a temporary
+   directory on free ports: Kafka in KRaft mode, one node, PLAINTEXT and SASL_SSL
+   with SCRAM-SHA-512).
+2. Reference: one confluent-kafka producer in the benchmark process produces the N
+   payloads (80 B JSON) with the bridge's settings (idempotent, acks=all, lz4,
+   linger 5 ms, the same key and headers, a delivery report per message) and
+   flushes; the clock runs from the first produce to the flush's return.
+3. unsflow: a persistent MQTT session holds the N messages (QoS 1, queued while it
+   was offline); ``unsflow run`` on a config like examples/mqtt-to-kafka.json
+   connects and drains it into a new 3-partition topic; the clock runs from its
+   CONNACK ("connected to") until the topic's high watermarks add up to N (every
+   message acknowledged by Kafka with acks=all), polled every 20 ms.
 
-Run: python benchmarks/mqtt_to_kafka.py [--messages 200000] [--security PLAINTEXT SASL_SSL]
+Run one: python -m benchmarks --only kafka-plaintext
 """
 
 from __future__ import annotations
 
-import argparse
 import json
 import os
-import shutil
 import subprocess
 import sys
-import tempfile
 import time
+import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
-REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-sys.path.insert(0, str(REPO / "src"))
-
-from common import free_port, payload, peak_rss_mib  # noqa: E402
-
-from unsflow.testing import publish
-
-TOPIC = "bench/site1/line1/press/vibration"
-
-
-def services_env(workdir: Path) -> dict[str, str]:
-    return {**os.environ, "UNSFLOW_SERVICES_DIR": str(workdir / "services"),
-            "UNSFLOW_MQTT_PORT": str(free_port()), "UNSFLOW_MQTTS_PORT": str(free_port()),
-            "UNSFLOW_KAFKA_PORT": str(free_port()), "UNSFLOW_KAFKA_SASL_PORT": str(free_port()),
-            "UNSFLOW_KAFKA_CONTROLLER_PORT": str(free_port())}
-
-
-def service(command: str, name: str, env: dict[str, str]) -> dict[str, Any]:
-    result = subprocess.run(["bash", str(REPO / "scripts" / "services.sh"), command, name],
-                            env=env, capture_output=True, text=True, timeout=900, check=False)
-    if result.returncode != 0 and command == "up":
-        sys.exit(f"services.sh up {name} failed:\n{result.stderr}")
-    if command != "up":
-        return {}
-    return json.loads((Path(env["UNSFLOW_SERVICES_DIR"]) / name / "info.json").read_text())
+from benchmarks.common import (
+    REPO,
+    TOPIC,
+    Broker,
+    Measured,
+    Unsflow,
+    cpu_seconds,
+    end_session,
+    free_port,
+    make_session,
+    own_broker,
+    payload,
+    peak_rss_mib,
+    publish_backlog,
+)
+from benchmarks.mqtt_to_parquet import BROKER_CONF
 
 
-def preload(broker: dict, client_id: str, n: int) -> None:
-    """Create a persistent session for ``client_id`` and queue ``n`` QoS 1 messages in it."""
-    subprocess.run(["mosquitto_sub", "-h", broker["host"], "-p", str(broker["port"]), "-c",
-                    "-i", client_id, "-q", "1", "-t", "bench/#", "-E"], check=True)
-    publish(broker["host"], broker["port"], ((TOPIC, payload(i)) for i in range(n)), qos=1,
-            timeout=600)
+@contextmanager
+def environment(workdir: Path) -> Iterator[dict[str, Any]]:
+    """A broker and a Kafka of their own."""
+    env = {**os.environ, "UNSFLOW_SERVICES_DIR": str(workdir / "kafka-services"),
+           "UNSFLOW_KAFKA_PORT": str(free_port()), "UNSFLOW_KAFKA_SASL_PORT": str(free_port()),
+           "UNSFLOW_KAFKA_CONTROLLER_PORT": str(free_port())}
+    up = subprocess.run(["bash", str(REPO / "scripts" / "services.sh"), "up", "kafka"], env=env,
+                        capture_output=True, text=True, timeout=900, check=False)
+    if up.returncode != 0:
+        raise RuntimeError(f"services.sh up kafka failed:\n{up.stderr}")
+    kafka = json.loads((workdir / "kafka-services" / "kafka" / "info.json").read_text())
+    try:
+        with own_broker(BROKER_CONF) as broker:
+            yield {"broker": broker, "kafka": kafka}
+    finally:
+        subprocess.run(["bash", str(REPO / "scripts" / "services.sh"), "down", "kafka"], env=env,
+                       capture_output=True, timeout=120, check=False)
 
 
-def raw_mqtt_rate(broker: dict, n: int) -> float:
-    cid = f"bench-raw-{os.getpid()}"
-    preload(broker, cid, n)
-    t0 = time.perf_counter()
-    subprocess.run(["mosquitto_sub", "-h", broker["host"], "-p", str(broker["port"]), "-c",
-                    "-i", cid, "-q", "1", "-t", "bench/#", "-C", str(n)],
-                   stdout=subprocess.DEVNULL, check=True, timeout=600)
-    return n / (time.perf_counter() - t0)
-
-
-def client_config(kafka: dict, security: str) -> dict[str, Any]:
+def client_config(kafka: dict[str, Any], security: str) -> dict[str, Any]:
     if security == "PLAINTEXT":
         return {"bootstrap.servers": kafka["bootstrap"]}
     return {"bootstrap.servers": kafka["sasl_bootstrap"], "security.protocol": "SASL_SSL",
@@ -91,7 +76,7 @@ def client_config(kafka: dict, security: str) -> dict[str, Any]:
             "sasl.password": kafka["password"], "ssl.ca.location": kafka["ca_file"]}
 
 
-def create_topic(kafka: dict, name: str, partitions: int = 3) -> None:
+def create_topic(kafka: dict[str, Any], name: str, partitions: int = 3) -> None:
     from confluent_kafka.admin import AdminClient, NewTopic
 
     admin = AdminClient({"bootstrap.servers": kafka["bootstrap"]})
@@ -105,10 +90,13 @@ def high_watermarks(consumer: Any, topic: str, partitions: int = 3) -> int:
                for p in range(partitions))
 
 
-def raw_kafka_rate(kafka: dict, security: str, n: int) -> float:
+def producer_rate(kafka: dict[str, Any], security: str, n: int, tag: str) -> Measured:
+    """The reference: a plain confluent-kafka producer in this process."""
+    import resource
+
     from confluent_kafka import Producer
 
-    topic = f"bench.raw.{security.lower()}.{os.getpid()}"
+    topic = f"bench.raw.{tag}.{uuid.uuid4().hex[:8]}"
     create_topic(kafka, topic)
     producer = Producer({**client_config(kafka, security), "enable.idempotence": True,
                          "acks": "all", "compression.type": "lz4", "linger.ms": 5,
@@ -119,16 +107,17 @@ def raw_kafka_rate(kafka: dict, security: str, n: int) -> float:
         nonlocal delivered
         delivered += err is None
 
-    # Warm-up outside the clock: the idempotent producer id, the topic's metadata.
-    producer.produce(topic, b"warm-up", b"site1", on_delivery=report)
+    producer.produce(topic, b"warm-up", b"site1", on_delivery=report)  # producer id, metadata
     producer.flush(60)
     delivered = 0
-    headers = [("mqtt.topic", TOPIC.encode())]
+    payloads = [payload(i) for i in range(n)]
+    headers = [("mqtt.topic", TOPIC.encode()), ("mqtt.qos", b"1"), ("mqtt.retain", b"false")]
+    usage0 = resource.getrusage(resource.RUSAGE_SELF)
     t0 = time.perf_counter()
-    for i in range(n):
+    for i, value in enumerate(payloads):
         while True:
             try:
-                producer.produce(topic, payload(i), b"site1", headers=headers, on_delivery=report)
+                producer.produce(topic, value, b"site1", headers=headers, on_delivery=report)
                 break
             except BufferError:
                 producer.poll(0.05)
@@ -136,91 +125,93 @@ def raw_kafka_rate(kafka: dict, security: str, n: int) -> float:
             producer.poll(0)
     producer.flush(120)
     elapsed = time.perf_counter() - t0
-    assert delivered == n, f"raw producer: {delivered} of {n} delivered"
-    return n / elapsed
+    usage1 = resource.getrusage(resource.RUSAGE_SELF)
+    if delivered != n:
+        raise RuntimeError(f"the reference producer delivered {delivered} of {n}")
+    cpu = usage1.ru_utime + usage1.ru_stime - usage0.ru_utime - usage0.ru_stime
+    return Measured(elapsed, n, cpu, usage1.ru_maxrss / 1024)
 
 
-def unsflow_rate(broker: dict, kafka: dict, security: str, n: int, workdir: Path) -> dict:
+def bridge_rate(broker: Broker, kafka: dict[str, Any], security: str, n: int, tag: str,
+                workdir: Path) -> Measured:
     from confluent_kafka import Consumer
 
-    cid = f"bench-unsflow-{security.lower()}-{os.getpid()}"
-    topic = f"bench.bridge.{security.lower()}.{os.getpid()}"
+    tag = f"{tag}-{uuid.uuid4().hex[:8]}"  # a run of its own: session, topic, config
+    cid = f"bench-bridge-{tag}"
+    topic = f"bench.bridge.{tag}"
     create_topic(kafka, topic)
     target: dict[str, Any] = {"type": "kafka", "topic": topic, "key": "{levels[1]}",
                               "bootstrap-servers": kafka["bootstrap"]}
-    env = dict(os.environ)
+    env: dict[str, str] = {}
     if security == "SASL_SSL":
-        target.update({"bootstrap-servers": kafka["sasl_bootstrap"], "security-protocol": "SASL_SSL",
+        target.update({"bootstrap-servers": kafka["sasl_bootstrap"],
+                       "security-protocol": "SASL_SSL",
                        "credential": {"secret-name": "bench-kafka", "provider": "env"},
                        "ca-file": kafka["ca_file"]})
-        env.update(BENCH_KAFKA_USERNAME=kafka["username"], BENCH_KAFKA_PASSWORD=kafka["password"])
+        env = {"BENCH_KAFKA_USERNAME": kafka["username"], "BENCH_KAFKA_PASSWORD": kafka["password"]}
     config = {
-        "mqtt-broker": {"host": broker["host"], "port": broker["port"], "client-id": cid,
+        "mqtt-broker": {"host": broker.host, "port": broker.port, "client-id": cid,
                         "clean-start": False},
         "targets": {"kafka": target},
         "subscriptions": {"bench/#": {"qos": 1, "target": "kafka"}},
-        "dead-letter": {"path": str(workdir / "dead.jsonl")},
     }
-    path = workdir / f"bench-{security}.json"
-    path.write_text(json.dumps(config))
-    preload(broker, cid, n)
+    make_session(broker, cid, 1)
+    publish_backlog(broker, n, 80)
     watch = Consumer({"bootstrap.servers": kafka["bootstrap"], "group.id": f"{topic}.watch"})
-    proc = subprocess.Popen([sys.executable, "-m", "unsflow.cli", "run", str(path)], env=env,
-                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    run = Unsflow(config, workdir, f"kafka-{tag}", env)
     try:
-        assert proc.stderr is not None
-        for line in proc.stderr:
-            if "subscribing" in line:
-                break
-        t0 = time.perf_counter()
+        run.start("connected to")
+        t0, cpu0 = time.perf_counter(), cpu_seconds(run.pid)
         produced = 0
-        while produced < n and time.perf_counter() - t0 < 600:
-            time.sleep(0.05)
+        deadline = time.monotonic() + 600
+        while produced < n and time.monotonic() < deadline:
+            time.sleep(0.02)
             produced = high_watermarks(watch, topic)
         elapsed = time.perf_counter() - t0
-        peak = peak_rss_mib(proc.pid)
+        cpu = cpu_seconds(run.pid) - cpu0
+        peak = peak_rss_mib(run.pid)
     finally:
-        proc.terminate()
-        proc.wait(60)
+        run.stop()
         watch.close()
-    return {"msgs_per_s": round(n / elapsed), "records": produced, "peak_rss_mib": round(peak, 1)}
+        end_session(broker, cid)
+    if produced < n:
+        raise RuntimeError(f"the bridge delivered {produced} of {n}")
+    return Measured(elapsed, produced, cpu, peak)
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--messages", type=int, default=200_000)
-    parser.add_argument("--security", nargs="+", default=["PLAINTEXT", "SASL_SSL"],
-                        choices=["PLAINTEXT", "SASL_SSL"])
-    args = parser.parse_args()
-    if not shutil.which("mosquitto_sub"):
-        sys.exit("mosquitto_sub not found: run scripts/services.sh up mosquitto first")
-    workdir = Path(tempfile.mkdtemp(prefix="unsflow-bench-"))
-    env = services_env(workdir)
-    results: dict = {"benchmark": "mqtt_to_kafka", "messages": args.messages,
-                     "payload_bytes": len(payload(123456)), "cpus": os.cpu_count(), "runs": []}
-    try:
-        broker = service("up", "mosquitto", env)
-        kafka = service("up", "kafka", env)
-        results["kafka_version"] = kafka["version"]
-        raw_mqtt = raw_mqtt_rate(broker, args.messages)
-        for security in args.security:
-            raw_kafka = raw_kafka_rate(kafka, security, args.messages)
-            ours = unsflow_rate(broker, kafka, security, args.messages, workdir)
-            results["runs"].append({
-                "security": security, "qos": 1,
-                "raw_mosquitto_sub_msgs_per_s": round(raw_mqtt),
-                "raw_confluent_producer_msgs_per_s": round(raw_kafka),
-                "unsflow_msgs_per_s": ours["msgs_per_s"],
-                "ratio_to_slower_raw": round(ours["msgs_per_s"] / min(raw_mqtt, raw_kafka), 3),
-                "unsflow_records_in_kafka": ours["records"],
-                "unsflow_peak_rss_mib": ours["peak_rss_mib"],
-            })
-    finally:
-        service("down", "kafka", env)
-        service("down", "mosquitto", env)
-        shutil.rmtree(workdir, ignore_errors=True)
-    print(json.dumps(results, indent=2))
+def kafka_scenario(env: dict[str, Any], workdir: Path, security: str, n: int) -> dict[str, Any]:
+    tag = security.lower()
+    ref = producer_rate(env["kafka"], security, n, tag)
+    ours = bridge_rate(env["broker"], env["kafka"], security, n, tag, workdir)
+    ratio = ours.rate / ref.rate
+    return {
+        "scenario": f"mqtt-kafka-{tag}", "messages": n, "payload_bytes": len(payload(0)),
+        "unsflow_msgs_per_s": round(ours.rate), "reference": "confluent-kafka Producer, same "
+        "payloads and settings", "reference_msgs_per_s": round(ref.rate),
+        "ratio": round(ratio, 3), "unsflow_cpu_s": round(ours.cpu_s, 2),
+        "reference_cpu_s": round(ref.cpu_s, 2),
+        "unsflow_cpu_us_per_msg": round(ours.cpu_s / n * 1e6, 2),
+        "unsflow_peak_rss_mib": round(ours.peak_rss_mib, 1),
+        "goal": ">= 0.8 of the reference", "met": ratio >= 0.8,
+        "kafka_version": env["kafka"].get("version"),
+    }
+
+
+def warm_up(env: dict[str, Any], workdir: Path) -> None:
+    producer_rate(env["kafka"], "PLAINTEXT", 20_000, "warm")
+    bridge_rate(env["broker"], env["kafka"], "PLAINTEXT", 20_000, "warm", workdir)
+
+
+def scenarios(quick: bool = False) -> list[tuple[str, Any]]:
+    n = 20_000 if quick else 200_000
+    return [
+        ("kafka-plaintext", lambda e, w: kafka_scenario(e, w, "PLAINTEXT", n)),
+        ("kafka-sasl_ssl", lambda e, w: kafka_scenario(e, w, "SASL_SSL", n)),
+    ]
 
 
 if __name__ == "__main__":
-    main()
+    sys.path.insert(0, str(REPO))
+    from benchmarks.__main__ import main
+
+    main(default_modules=["mqtt_to_kafka"])

@@ -7,9 +7,11 @@
 #   2. pip install -e '.[LIST]' (default LIST: all) into this checkout's own
 #      virtual environment, .venv (made on first run), never into a Python
 #      that other checkouts or users share
-#   3. scripts/services.sh up mosquitto
+#   3. scripts/speedups.sh: the optional compiled hot paths (Rust), where a Rust
+#      toolchain exists; without one unsflow runs the same steps in pure Python
+#   4. scripts/services.sh up mosquitto
 #
-# --no-services skips steps 1 and 3. UNSFLOW_PYTHON names another interpreter
+# --no-services skips steps 1 and 4. UNSFLOW_PYTHON names another interpreter
 # to install into instead of .venv (at your own risk: it is shared).
 # Afterwards `. .venv/bin/activate` puts `unsflow` on PATH; without it, run
 # .venv/bin/unsflow. The project's scripts find .venv either way.
@@ -90,6 +92,7 @@ fi
 
 log "pip install -e '.[$EXTRAS]' with $PYTHON"
 "$PYTHON" -m pip install -q -e ".[$EXTRAS]" || die "pip install -e '.[$EXTRAS]' failed"
+bash scripts/speedups.sh "$PYTHON"
 
 if [ "$SERVICES" = 1 ]; then
     bash scripts/services.sh up mosquitto

@@ -58,6 +58,8 @@ if ! deps_ok || ! stamp_fresh; then
     mkdir -p "$(dirname "$STAMP")"
     "$PYTHON" -c 'import sys; print(sys.executable)' >"$STAMP"
 fi
+# The compiled hot paths follow their sources (a second it is up to date).
+bash scripts/speedups.sh "$PYTHON"
 
 # Every service the suite talks to, started (and on a new machine installed or
 # built: MinIO from its Go module, Kafka's jars from Maven Central) before

@@ -24,6 +24,8 @@
     ├── TrainingDataError        the lake or the ground truth cannot give training data
     ├── ProtocolError            an inference request the server rejects; carries the HTTP status
     ├── DashboardError           a dashboard request that cannot be answered; carries the HTTP status
+    ├── MalformedPacket          bytes from an MQTT broker that are no valid packet (the
+    │                            client closes that connection and connects again)
     ├── MissingDependency        an optional extra is not installed; names the extra
     └── IncompatibleDependency   an installed library lacks a part unsflow relies on (a
                                  renamed private hook); names it and the library version
@@ -64,6 +66,7 @@ __all__ = [
     "DashboardError",
     "MissingDependency",
     "IncompatibleDependency",
+    "MalformedPacket",
 ]
 
 
@@ -190,6 +193,12 @@ class DashboardError(UnsflowError):
     def __init__(self, message: str, status: int = 400) -> None:
         super().__init__(message)
         self.status = status
+
+
+class MalformedPacket(UnsflowError, ValueError):
+    """Bytes from an MQTT broker that are not a valid packet (MQTT 4.13: the connection is
+    closed). Raised by the packet decoder of the asyncio MQTT client, which closes the
+    connection and connects again; it never leaves the client."""
 
 
 class MissingDependency(UnsflowError):

@@ -1,5 +1,5 @@
 """The MQTT source against a real Mosquitto: protocols, QoS, shared subscriptions, TLS,
-deferred acks, reconnects."""
+deferred acks, reconnects; every test with both MQTT clients (unsflow's asyncio one, gmqtt)."""
 
 from __future__ import annotations
 
@@ -17,8 +17,26 @@ from unsflow.testing import publish, publish_numbered
 pytestmark = pytest.mark.integration
 
 
+pytestmark = pytest.mark.integration
+
+
+# The MQTT client of the test running now (mqtt-broker.client), set by the `impl` fixture.
+CLIENT = {"kind": "asyncio"}
+
+
+@pytest.fixture(params=["asyncio", "asyncio-python", "gmqtt"], autouse=True)
+def impl(request, monkeypatch) -> str:
+    """asyncio (with the compiled decoder where installed), asyncio-python (the pure-Python
+    decoder, as where no compiler exists), gmqtt."""
+    if request.param == "asyncio-python":
+        monkeypatch.setenv("UNSFLOW_SPEEDUPS", "0")
+    CLIENT["kind"] = request.param.split("-")[0]
+    return request.param
+
+
 def source(broker, filters: dict[str, int], **kw) -> MqttSource:
-    cfg = BrokerConfig.model_validate({"host": broker.host, "port": broker.port, **kw})
+    cfg = BrokerConfig.model_validate({"host": broker.host, "port": broker.port,
+                                       "client": CLIENT["kind"], **kw})
     return MqttSource("uns", MqttSourceConfig(broker=cfg, subscriptions=filters), Context(env={}))
 
 
@@ -161,7 +179,8 @@ async def test_tls_with_password_from_a_secret(mqtt_broker, topic_prefix, tmp_pa
     (tmp_path / "cred").write_text(json.dumps({"username": mqtt_broker.username,
                                                "password": mqtt_broker.password}))
     cfg = BrokerConfig.model_validate({"host": mqtt_broker.host, "port": mqtt_broker.tls_port,
-                                       "tls": {"ca-file": mqtt_broker.ca_file}})
+                                       "tls": {"ca-file": mqtt_broker.ca_file},
+                                       "client": CLIENT["kind"]})
     ref = SecretRef.model_validate({"secret-name": "cred", "provider": "file",
                                     "path": str(tmp_path / "cred")})
     src = MqttSource("uns", MqttSourceConfig(broker=cfg, credential=ref,
@@ -180,7 +199,8 @@ async def test_tls_with_password_from_a_secret(mqtt_broker, topic_prefix, tmp_pa
 
 async def test_wrong_password_is_a_clear_error(mqtt_broker, topic_prefix):
     cfg = BrokerConfig.model_validate({"host": mqtt_broker.host, "port": mqtt_broker.tls_port,
-                                       "tls": {"ca-file": mqtt_broker.ca_file}})
+                                       "tls": {"ca-file": mqtt_broker.ca_file},
+                                       "client": CLIENT["kind"]})
     ref = SecretRef.model_validate({"secret-name": "bad", "provider": "env"})
     src = MqttSource("uns", MqttSourceConfig(broker=cfg, credential=ref,
                                              subscriptions={f"{topic_prefix}/#": 1}),

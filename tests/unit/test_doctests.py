@@ -8,7 +8,8 @@ import pytest
 MODULES = ["unsflow.codecs", "unsflow.engine.acks", "unsflow.testing.memory", "unsflow.testing.mqtt", "unsflow.engine.topics", "unsflow.engine.backoff", "unsflow.processors.remote",
            "unsflow.sources.kafka",
            "unsflow.engine.metrics", "unsflow.ml.store", "unsflow.lake.rows", "unsflow.lake.layout",
-           "unsflow.sources._mqtt_client", "unsflow.codecs.sparkplug", "unsflow.sources._opcua_values"]
+           "unsflow.sources._mqtt_client", "unsflow.sources._mqtt_wire", "unsflow.codecs.sparkplug",
+           "unsflow.sources._opcua_values"]
 
 
 @pytest.mark.parametrize("name", MODULES)

@@ -1,8 +1,9 @@
 """The MQTT client adapter without a broker: its start-up check of gmqtt's private hooks, and
-its wire behaviour against a scripted byte stream (a TCP peer that speaks just enough MQTT 5):
-deferred acks in order, SUBACK codes, the ping barrier, CONNACK refusals.
+the wire behaviour of both clients (gmqtt's and unsflow's own asyncio one) against a scripted
+byte stream (a TCP peer that speaks just enough MQTT 5): deferred acks in order, SUBACK codes,
+the ping barrier, CONNACK refusals.
 
-The same adapter runs against the real Mosquitto in tests/integration/test_mqtt_source.py.
+The same clients run against the real Mosquitto in tests/integration/test_mqtt_source.py.
 """
 
 from __future__ import annotations
@@ -17,7 +18,13 @@ import pytest
 from unsflow.components import Context
 from unsflow.config.models import BrokerConfig
 from unsflow.errors import AccessDenied, IncompatibleDependency, NotConnected, PermanentError
-from unsflow.sources._mqtt_client import Ack, ClientSettings, GmqttClient, check_gmqtt
+from unsflow.sources._mqtt_client import (
+    Ack,
+    ClientSettings,
+    MqttClient,
+    check_gmqtt,
+    make_client,
+)
 from unsflow.sources.mqtt import MqttSource, MqttSourceConfig
 
 CONNECT, CONNACK, PUBLISH, PUBACK, PUBREC = 0x10, 0x20, 0x30, 0x40, 0x50
@@ -47,7 +54,7 @@ async def test_a_missing_hook_stops_the_source_before_it_connects(monkeypatch, h
 
     monkeypatch.delattr(MqttPackageHandler, hook)
     # Nothing listens on port 9: were the check skipped, start() would retry for ever.
-    cfg = BrokerConfig.model_validate({"host": "127.0.0.1", "port": 9})
+    cfg = BrokerConfig.model_validate({"host": "127.0.0.1", "port": 9, "client": "gmqtt"})
     src = MqttSource("uns", MqttSourceConfig(broker=cfg, subscriptions={"a/#": 1}),
                      Context(env={}))
     with pytest.raises(IncompatibleDependency) as info:
@@ -184,7 +191,22 @@ class Peer:
         return [k for k, _ in self.received]
 
 
+CLIENTS = ["asyncio", "asyncio-python", "gmqtt"]
+
+
+@pytest.fixture(params=CLIENTS)
+def impl(request, monkeypatch) -> str:
+    """Which client implementation a test runs against (asyncio-python: the asyncio client
+    with the pure-Python decoder, as where the compiled one is not installed)."""
+    if request.param == "asyncio-python":
+        monkeypatch.setenv("UNSFLOW_SPEEDUPS", "0")
+    return request.param.split("-")[0]
+
+
 class Events:
+    """Collects what a client reports; a batch's ack covers its QoS 1/2 messages, so each
+    message gets its batch's ack (sent once per distinct ack)."""
+
     def __init__(self) -> None:
         self.connected = asyncio.Event()
         self.messages: list[tuple[str, bytes, int, Ack | None]] = []
@@ -201,10 +223,25 @@ class Events:
         self.messages.append((topic, payload, qos, ack))
         self.arrived.set()
 
+    def mqtt_batch(self, inbound: Any) -> None:
+        for topic, payload, flags in zip(inbound.topics, inbound.payloads, inbound.flags):
+            qos = flags >> 1 & 3
+            self.messages.append((topic, payload, qos, inbound.ack if qos else None))
+        self.arrived.set()
 
-def client_for(peer: Peer, events: Events, version: str = "5") -> GmqttClient:
-    return GmqttClient(ClientSettings("127.0.0.1", peer.port, client_id="t",
-                                      protocol_version=version),  # type: ignore[arg-type]
+    def acks(self) -> list[Ack]:
+        """Each distinct ack once, in order."""
+        out: list[Ack] = []
+        for *_, ack in self.messages:
+            if ack is not None and not any(a is ack for a in out):
+                out.append(ack)
+        return out
+
+
+def client_for(peer: Peer, events: Events, version: str = "5",
+               impl: str = "gmqtt") -> MqttClient:
+    return make_client(impl, ClientSettings("127.0.0.1", peer.port, client_id="t",
+                                            protocol_version=version),  # type: ignore[arg-type]
                        events, component_id="uns")
 
 
@@ -216,10 +253,10 @@ async def until(condition: Callable[[], bool], timeout: float = 5.0) -> None:
     await asyncio.wait_for(poll(), timeout)
 
 
-async def test_acks_wait_for_send_acks_and_leave_in_the_order_given() -> None:
+async def test_acks_wait_for_send_acks_and_leave_in_the_order_given(impl) -> None:
     events = Events()
     async with Peer() as peer:
-        client = client_for(peer, events)
+        client = client_for(peer, events, impl=impl)
         await client.connect()
         try:
             codes = await asyncio.wait_for(client.subscribe({"a/#": 1, "b/#": 2}), 5)
@@ -232,9 +269,8 @@ async def test_acks_wait_for_send_acks_and_leave_in_the_order_given() -> None:
             # Nothing acknowledged on its own: the ping barrier's PINGREQ is the next packet.
             assert await client.ping(5)
             assert peer.kinds() == [CONNECT, SUBSCRIBE, PINGREQ]
-            acks = [ack for *_, ack in events.messages]
-            assert all(ack is not None for ack in acks)
-            sent, stale = client.send_acks(a for a in acks if a is not None)
+            assert all(ack is not None for *_, ack in events.messages)
+            sent, stale = client.send_acks(events.acks())
             assert (sent, stale) == (100, 0)
             await peer.wait_for(PUBREC, 50)
         finally:
@@ -246,10 +282,10 @@ async def test_acks_wait_for_send_acks_and_leave_in_the_order_given() -> None:
     assert [t for t, *_ in events.messages] == [f"a/{i}" for i in range(1, 101)]
 
 
-async def test_acks_of_a_closed_connection_are_stale_not_sent() -> None:
+async def test_acks_of_a_closed_connection_are_stale_not_sent(impl) -> None:
     events = Events()
     async with Peer() as peer:
-        client = client_for(peer, events)
+        client = client_for(peer, events, impl=impl)
         await client.connect()
         assert peer.writer is not None
         peer.writer.write(publish_packet("a/1", b"1", 1, 7))
@@ -261,9 +297,9 @@ async def test_acks_of_a_closed_connection_are_stale_not_sent() -> None:
     assert PUBACK not in peer.kinds()
 
 
-async def test_suback_reason_codes_reach_the_caller_and_a_refusal_is_permanent() -> None:
+async def test_suback_reason_codes_reach_the_caller_and_a_refusal_is_permanent(impl) -> None:
     async with Peer(suback=lambda n: [0x87] * n) as peer:
-        cfg = BrokerConfig.model_validate({"host": "127.0.0.1", "port": peer.port})
+        cfg = BrokerConfig.model_validate({"host": "127.0.0.1", "port": peer.port, "client": impl})
         src = MqttSource("uns", MqttSourceConfig(broker=cfg), Context(env={}))
         await src.start()
         try:
@@ -274,10 +310,10 @@ async def test_suback_reason_codes_reach_the_caller_and_a_refusal_is_permanent()
             await src.stop()
 
 
-async def test_pause_reading_holds_what_the_peer_sends_until_resumed() -> None:
+async def test_pause_reading_holds_what_the_peer_sends_until_resumed(impl) -> None:
     events = Events()
     async with Peer() as peer:
-        client = client_for(peer, events)
+        client = client_for(peer, events, impl=impl)
         await client.connect()
         try:
             assert client.pause_reading() and client.reading_paused
@@ -301,9 +337,9 @@ async def test_pause_reading_holds_what_the_peer_sends_until_resumed() -> None:
     ("5", 0x89, NotConnected, "refused the connection (code 0x89); retrying"),
 ])
 async def test_connack_refusals_map_to_errors_by_whether_a_retry_can_help(version, code, error,
-                                                                          text) -> None:
+                                                                          text, impl) -> None:
     async with Peer(connack=code) as peer:
-        client = client_for(peer, Events(), version)
+        client = client_for(peer, Events(), version, impl)
         try:
             with pytest.raises(error) as info:
                 await asyncio.wait_for(client.connect(), 5)
@@ -315,7 +351,32 @@ async def test_connack_refusals_map_to_errors_by_whether_a_retry_can_help(versio
         assert not isinstance(info.value, NotConnected)
 
 
-async def test_an_unreachable_broker_is_not_connected() -> None:
-    client = GmqttClient(ClientSettings("127.0.0.1", 9), Events(), component_id="uns")
+async def test_an_unreachable_broker_is_not_connected(impl) -> None:
+    client = make_client(impl, ClientSettings("127.0.0.1", 9), Events(), component_id="uns")
     with pytest.raises(NotConnected, match="cannot connect to broker 127.0.0.1:9"):
         await client.connect()
+
+
+async def test_packets_cut_anywhere_across_reads_arrive_whole_and_in_order(impl) -> None:
+    """A stream of QoS 1 PUBLISH packets (small and 20 KB ones) written in pieces cut at
+    every kind of place: inside the fixed header, the topic, the payload."""
+    events = Events()
+    packets = [publish_packet(f"a/{i}", (b"%d:" % i) * (1 if i % 3 else 4000), 1, i + 1)
+               for i in range(60)]
+    stream = b"".join(packets)
+    async with Peer() as peer:
+        client = client_for(peer, events, impl=impl)
+        await client.connect()
+        try:
+            assert peer.writer is not None
+            cuts = [0, 1, 2, 3, 7, 30, 5000, 5001, 20000, 20003, 41000, len(stream)]
+            for a, b in zip(cuts, cuts[1:]):
+                peer.writer.write(stream[a:b])
+                await peer.writer.drain()
+                await asyncio.sleep(0.01)  # one read each
+            await until(lambda: len(events.messages) == 60)
+        finally:
+            await client.disconnect()
+    assert [t for t, *_ in events.messages] == [f"a/{i}" for i in range(60)]
+    assert [p for _, p, *_ in events.messages] == \
+        [(b"%d:" % i) * (1 if i % 3 else 4000) for i in range(60)]

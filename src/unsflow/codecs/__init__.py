@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import csv
 import io
+from operator import attrgetter
 from typing import Any
 
 import orjson
@@ -19,7 +20,7 @@ from unsflow.errors import DecodeError
 from unsflow.message import NOT_DECODED, Failure, Message
 
 __all__ = ["decode_json", "decode_csv", "records_of", "ensure_records", "coerce_scalar",
-           "record_object", "VALUE_COLUMNS", "value_column"]
+           "record_object", "json_objects", "VALUE_COLUMNS", "value_column"]
 
 
 def decode_json(payload: bytes) -> Any:
@@ -147,6 +148,36 @@ def ensure_records(batch: list[Message], event_type: str,
         except DecodeError as exc:
             failures.append(Failure(msg, str(exc), stage))
     return good, failures
+
+
+_record = attrgetter("record")
+_payload = attrgetter("payload")
+
+
+def json_objects(batch: list[Message]) -> bool:
+    """Decode the JSON payload of every message not decoded yet, all in one go; True when
+    every record is now a JSON object (one row each, for ``event-type: single``).
+
+    False leaves the batch to :func:`ensure_records`, which decodes message by
+    message and says why one fails (a payload that is not JSON, not UTF-8, ...).
+
+    >>> batch = [Message("a", b'{"v": 1}'), Message("b", b'{"v": 2}')]
+    >>> json_objects(batch), batch[1].record
+    (True, {'v': 2})
+    >>> json_objects([Message("a", b"RUNNING")])
+    False
+    """
+    records = list(map(_record, batch))
+    if records.count(NOT_DECODED):
+        todo = [m for m, r in zip(batch, records) if r is NOT_DECODED]
+        try:
+            decoded = list(map(orjson.loads, map(_payload, todo)))
+        except orjson.JSONDecodeError:
+            return False
+        for msg, record in zip(todo, decoded):
+            msg.record = record
+        records = list(map(_record, batch))
+    return set(map(type, records)) == {dict}
 
 
 def record_object(msg: Message) -> dict[str, Any]:

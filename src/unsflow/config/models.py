@@ -113,6 +113,10 @@ class BrokerConfig(Model):
     tls: TlsConfig | None = Field(None, description="Use TLS with these settings.")
     reconnect_min: float = Field(0.5, gt=0, description="First reconnect delay, seconds.")
     reconnect_max: float = Field(30.0, gt=0, description="Reconnect delay cap, seconds.")
+    client: Literal["asyncio", "gmqtt"] = Field(
+        "asyncio", description="MQTT client implementation: asyncio (unsflow's own protocol "
+        "code: every PUBLISH of a socket read decoded in one pass) or gmqtt (the gmqtt "
+        "library, one callback per message).")
     leave_shared_on_stop: bool = Field(
         True, description="On a stop (SIGTERM), unsubscribe the shared subscriptions "
         "($share/GROUP/FILTER) and take what is still in flight before disconnecting, so "
@@ -133,6 +137,11 @@ class BatchingConfig(Model):
     max_records: int = Field(10000, ge=1, description="Flush at this many records.")
     max_bytes: int = Field(16 * 1024 * 1024, ge=1024, description="Flush at this many payload bytes.")
     max_age: float = Field(1.0, gt=0, description="Flush when the oldest record is this old (s).")
+    max_idle: float | None = Field(
+        0.1, gt=0, description="Flush early when no record arrived for this long (s) and at "
+        "least a tenth of max-records (or of max-bytes) waits: the end of a burst or of a "
+        "drained backlog is written (and acknowledged) at once, not max-age later; a trickle "
+        "still waits for max-age. null: never early.")
 
 
 class ComponentConfig(Model):
@@ -260,8 +269,13 @@ class PipelineConfig(Model):
         2000, ge=1, le=100000, description="Most messages a source hands on in one batch."
     )
     max_in_flight: int = Field(
-        200000, ge=1, description="Most messages per source taken but not yet acknowledged; "
-        "beyond it the source is not read (backpressure).",
+        50000, ge=1, description="Most messages per source taken but not yet acknowledged; "
+        "beyond it the source is not read (backpressure). With max-in-flight-bytes, what "
+        "bounds memory, whatever the broker's backlog.",
+    )
+    max_in_flight_bytes: int = Field(
+        64 * 1024 * 1024, ge=1024, description="Most payload bytes the UNS source holds read "
+        "and not yet acknowledged; beyond it the socket is not read (backpressure).",
     )
     shutdown_timeout: float = Field(
         25.0, gt=0, description="Seconds SIGTERM waits for in-flight batches."

@@ -53,7 +53,8 @@ __all__ = ["ReloadPlan", "apply", "plan_reload"]
 log = logging.getLogger("unsflow.engine.reload")
 
 # Top-level keys that change no component; they take effect at the swap.
-_SETTINGS = ("batch_size", "max_in_flight", "shutdown_timeout", "http", "dead_letter", "reload",
+_SETTINGS = ("batch_size", "max_in_flight", "max_in_flight_bytes", "shutdown_timeout", "http",
+             "dead_letter", "reload",
              "spool")
 
 

@@ -17,6 +17,7 @@ if TYPE_CHECKING:
     from unsflow.message import Message
 
 __all__ = ["TEMPLATE_FIELDS", "TopicMatcher", "compile_template", "filter_problem", "matches",
+           "topic_only",
            "split_shared", "topic_problem"]
 
 MAX_TOPIC_BYTES = 65535
@@ -135,6 +136,17 @@ TEMPLATE_FIELDS = ("{topic} (the message's topic), {target} (this target's name)
                    "{headers[NAME]} (a header of a message from a Kafka source, e.g. kafka.key)")
 _FIELD_ROOTS = frozenset({"topic", "target", "levels", "record", "headers"})
 _CACHE_SIZE = 65536  # distinct topics remembered by a template of the topic alone
+
+
+def topic_only(template: str) -> bool:
+    """Whether ``template`` is filled from the topic (and target name) alone, so that its
+    value can be remembered per topic.
+
+    >>> topic_only("{levels[1]}/{target}"), topic_only("a/{record[machineId]}")
+    (True, False)
+    """
+    fields = [f for _, f, _, _ in string.Formatter().parse(template) if f is not None]
+    return {f.split("[", 1)[0].split(".", 1)[0] for f in fields} <= {"topic", "target", "levels"}
 
 
 def compile_template(template: str, target: str) -> Callable[[Message], str]:

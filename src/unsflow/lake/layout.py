@@ -25,6 +25,7 @@ import time
 import uuid
 from collections.abc import Iterable, Sequence
 from functools import lru_cache
+from operator import attrgetter
 from typing import Any, Literal
 from urllib.parse import quote
 
@@ -33,6 +34,7 @@ from unsflow.message import Message
 __all__ = ["KAFKA_COORDINATES", "Layout", "Partition", "content_digest", "unique_name"]
 
 Partition = Literal["date", "hour", "topic-levels"]
+_received_at = attrgetter("received_at")
 # Message.headers a Kafka source sets; together they identify a record for good.
 KAFKA_COORDINATES = ("kafka.topic", "kafka.partition", "kafka.offset")
 
@@ -77,6 +79,32 @@ class Layout:
             else:
                 parts.append(_hour_parts(int(msg.received_at // 3600))[name == "hour"])
         return tuple(parts)
+
+    def groups(self, batch: list[Message]) -> list[tuple[tuple[str, ...], list[Message]]]:
+        """``batch`` split by partition (each group in batch order): one group when every
+        message falls in one partition, as a batch received within an hour does.
+
+        >>> layout = Layout(["date", "hour"])
+        >>> [(k, len(g)) for k, g in layout.groups([Message("a", b"", received_at=t)
+        ...                                          for t in (0.0, 10.0, 3600.0)])]
+        [(('date=1970-01-01', 'hour=00'), 2), (('date=1970-01-01', 'hour=01'), 1)]
+        """
+        if not batch:
+            return []
+        if "topic-levels" not in self.partition_by:
+            times = list(map(_received_at, batch))
+            low, high = min(times), max(times)
+            if low // 3600 == high // 3600:
+                return [(self.partition(batch[0]), batch)]
+        out: dict[tuple[str, ...], list[Message]] = {}
+        for msg in batch:
+            key = self.partition(msg)
+            group = out.get(key)
+            if group is None:
+                out[key] = [msg]
+            else:
+                group.append(msg)
+        return list(out.items())
 
     def key(self, partition: Iterable[str], name: str) -> str:
         """The object key of ``name`` in ``partition``."""

@@ -60,6 +60,9 @@ __all__ = ["ModelProcessor", "ModelProcessorConfig"]
 
 log = logging.getLogger(__name__)
 
+# Batches of at most this many rows are scored on the event loop, bigger ones in a thread.
+INLINE_ROWS = 64
+
 
 class ModelProcessorConfig(ProcessorConfig):
     """Run an ONNX model from the model store on each record's feature vector."""
@@ -202,7 +205,10 @@ class ModelProcessor(Processor[ModelProcessorConfig]):
                 continue
             good.append((i, record))
         if good:
-            answers = await asyncio.to_thread(self._infer, model, rows)
+            # A few rows are scored here: the hop to a worker thread and back costs more than
+            # the inference, and adds a wait for a thread to be scheduled (latency).
+            answers = self._infer(model, rows) if len(rows) <= INLINE_ROWS \
+                else await asyncio.to_thread(self._infer, model, rows)
             for (i, record), answer in zip(good, answers, strict=True):
                 if isinstance(answer, _NotFinite):
                     results[i] = Failure(batch[i], answer.reason(cfg.input_field, record),

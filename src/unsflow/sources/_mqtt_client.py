@@ -18,8 +18,12 @@ their public API:
   can fix is :class:`~unsflow.errors.PermanentError`; only what a retry may fix
   (unreachable, busy, unavailable) is :class:`~unsflow.errors.NotConnected`.
 
-:class:`MqttClient` is that interface; :class:`GmqttClient` implements it on
-gmqtt 0.8 (measured the fastest Python client for the source's read path).
+:class:`MqttClient` is that interface, with two implementations:
+:class:`~unsflow.sources._mqtt_asyncio.AsyncioMqttClient`, an asyncio protocol
+of unsflow's own that decodes every PUBLISH of a socket read in one pass and
+hands them over as one batch (the default: ``mqtt-broker.client: asyncio``),
+and :class:`GmqttClient` on gmqtt 0.8 (``client: gmqtt``), which calls back
+once per message.
 This module is the only place that touches gmqtt's private parts: it replaces
 the package handler's two inbound QoS 1/2 PUBLISH hooks (so that gmqtt does
 not acknowledge on its own) and its PINGRESP hook, and uses the live
@@ -31,9 +35,9 @@ and private part exists with the shape used here, and raises
 :class:`~unsflow.errors.IncompatibleDependency` naming what is missing and the
 gmqtt version.
 
-Another implementation (the project's own protocol code, for example) fits
-behind the same interface: it calls :class:`MqttEvents`' methods and keeps
-the contract stated on each method of :class:`MqttClient`.
+Each implementation calls :class:`MqttEvents`' methods and keeps the
+contract stated on each method of :class:`MqttClient`; the source's tests run
+against both.
 """
 
 from __future__ import annotations
@@ -51,14 +55,15 @@ from typing import Any, Literal, Protocol
 from unsflow.errors import AccessDenied, IncompatibleDependency, NotConnected, PermanentError
 
 __all__ = ["Ack", "ClientSettings", "GmqttClient", "MqttClient", "MqttEvents", "check_gmqtt",
-           "refusal_error"]
+           "make_client", "refusal_error"]
 
 log = logging.getLogger("unsflow.sources.mqtt")
 
 # An inbound QoS 1/2 message's acknowledgement, opaque to the source: what the
-# client needs to send it (for gmqtt: the connection it arrived on, the packet
-# id, the QoS). An ack whose connection has closed is stale and not sent.
-Ack = tuple[Any, int, int]
+# client needs to send it (gmqtt: the connection it arrived on, the packet id,
+# the QoS; the asyncio client: the connection and the ack packets of a whole
+# batch). An ack whose connection has closed is stale and not sent.
+Ack = tuple[Any, ...]
 
 # CONNACK reason codes (MQTT 3.1.1 return codes 1-5, MQTT 5 reason codes >= 0x80).
 _ACCESS_DENIED = {4: "bad user name or password", 5: "not authorised",
@@ -127,9 +132,19 @@ class MqttEvents(Protocol):
         :meth:`MqttClient.send_acks`. Called synchronously, in arrival order, for
         every message of one socket read before the event loop runs anything else."""
 
+    def mqtt_batch(self, inbound: Any) -> None:
+        """Inbound PUBLISH packets as columns (an
+        :class:`~unsflow.sources._mqtt_asyncio.Inbound`, at most
+        :attr:`MqttClient.max_batch` of them), in arrival order; its ``ack``
+        covers its QoS 1/2 messages. Clients that decode per message call
+        :meth:`mqtt_message` instead."""
+
 
 class MqttClient(ABC):
     """One MQTT connection (and its reconnects) for the source. Constructed without I/O."""
+
+    # Most messages in one MqttEvents.mqtt_batch call (clients that deliver batches).
+    max_batch: int = 2000
 
     def __init__(self, settings: ClientSettings, events: MqttEvents, *,
                  component_id: str = "") -> None:
@@ -498,3 +513,15 @@ class GmqttClient(MqttClient):
     def _on_pingresp(self, cmd: int, packet: bytes) -> None:
         if self._pong is not None and not self._pong.done():
             self._pong.set_result(None)
+
+
+def make_client(kind: str, settings: ClientSettings, events: MqttEvents, *,
+                component_id: str = "") -> MqttClient:
+    """The client implementation named ``kind`` (``asyncio`` or ``gmqtt``)."""
+    if kind == "gmqtt":
+        return GmqttClient(settings, events, component_id=component_id)
+    if kind == "asyncio":
+        from unsflow.sources._mqtt_asyncio import AsyncioMqttClient
+
+        return AsyncioMqttClient(settings, events, component_id=component_id)
+    raise ValueError(f"unknown MQTT client {kind!r}; expected asyncio or gmqtt")

@@ -7,9 +7,14 @@ Guarantees:
   durably accepted them; acknowledgements go out in the order the messages
   arrived (MQTT 4.6). An ack whose connection has since dropped is not sent:
   the broker redelivers that message on the new connection (at least once).
-- In flight is bounded by the broker's window: MQTT 5 ``receive-maximum``
-  (or Mosquitto's ``max_inflight_messages`` for 3.1.1). For QoS 0, reading
-  from the socket pauses when ``max_pending`` batches wait (backpressure).
+- Memory is bounded by config, not by the broker's backlog: reading from the
+  socket pauses while the messages read and not yet acknowledged (waiting for
+  the engine, or in its hands) reach ``max-in-flight`` messages or
+  ``max-in-flight-bytes`` payload bytes, and resumes below half of both. The
+  broker's window (MQTT 5 ``receive-maximum``, Mosquitto's
+  ``max_inflight_messages`` for 3.1.1) is not enough: Mosquitto 2.0.11 sends a
+  persistent session's whole backlog once a burst of PUBACKs arrives, and QoS
+  0 has no window at all.
 - A persistent session (fixed client id, clean start off, session expiry)
   keeps subscriptions and queued messages while the process is down. Stop
   disconnects without unsubscribing, except for shared subscriptions
@@ -27,10 +32,14 @@ Guarantees:
 
 Batches are cut per network read: every message parsed from one socket read
 joins one batch (up to ``batch_size``), so there is no per-message task or
-timer. The MQTT protocol is behind one adapter (:mod:`unsflow.sources._mqtt_client`,
-gmqtt today): deferred acks, pausing the socket, SUBACK reason codes and the
-ping barrier come from there, and it checks the client library's private
-hooks at start-up.
+timer; while the engine has not taken the last batch yet, later reads join
+it (up to ``batch_size``), so batches grow when the engine is busy and stay
+small (low latency) when it is not. The MQTT protocol is behind one adapter
+(:mod:`unsflow.sources._mqtt_client`): deferred acks, pausing the socket,
+SUBACK reason codes and the ping barrier come from there. Its default client
+(``mqtt-broker.client: asyncio``) decodes a socket read in one pass and hands
+it over as columns; the ``gmqtt`` client calls back per message and has its
+private hooks checked at start-up.
 """
 
 from __future__ import annotations
@@ -41,7 +50,8 @@ import ssl
 import time
 from collections import deque
 from collections.abc import Mapping
-from itertools import chain
+from itertools import chain, repeat
+from operator import attrgetter
 from typing import TYPE_CHECKING, Any, Literal, Self
 
 from pydantic import Field
@@ -51,8 +61,8 @@ from unsflow.config.models import BrokerConfig, ComponentConfig, SecretRef
 from unsflow.engine.acks import InOrderAcks
 from unsflow.engine.backoff import Backoff
 from unsflow.errors import AccessDenied, NotConnected, PermanentError, SecretError
-from unsflow.message import Message
-from unsflow.sources._mqtt_client import Ack, ClientSettings, GmqttClient, MqttClient
+from unsflow.message import NOT_DECODED, Message
+from unsflow.sources._mqtt_client import Ack, ClientSettings, MqttClient, make_client
 from unsflow.sources.base import Source
 
 if TYPE_CHECKING:
@@ -87,9 +97,10 @@ class MqttSourceConfig(ComponentConfig):
                                           description="Topic filter to subscription QoS.")
     batch_size: int = Field(2000, ge=1, le=100000,
                             description="Most messages in one batch.")
-    max_pending: int = Field(default=64, ge=1, description="Batches read from the socket and "
-                             "not yet taken by the engine before reading pauses (QoS 0 "
-                             "backpressure).")
+    max_in_flight: int = Field(50000, ge=1, description="Messages read and not yet "
+                               "acknowledged before reading from the socket pauses.")
+    max_in_flight_bytes: int = Field(64 * 1024 * 1024, ge=1024, description="Payload bytes "
+                                     "read and not yet acknowledged before reading pauses.")
 
     @classmethod
     def from_pipeline(cls, config: PipelineConfig) -> Self:
@@ -97,7 +108,8 @@ class MqttSourceConfig(ComponentConfig):
         return cls(type="mqtt", broker=config.mqtt_broker,
                    credential=config.mqtt_broker_credential,
                    subscriptions={flt: sub.qos for flt, sub in config.subscriptions.items()},
-                   batch_size=config.batch_size)
+                   batch_size=config.batch_size, max_in_flight=config.max_in_flight,
+                   max_in_flight_bytes=config.max_in_flight_bytes)
 
 
 class MqttSource(Source[MqttSourceConfig]):
@@ -110,14 +122,20 @@ class MqttSource(Source[MqttSourceConfig]):
         super().__init__(component_id, config, context)
         self.subscriptions = dict(config.subscriptions)  # those of the live session
         self.batch_size = config.batch_size
-        self.max_pending = config.max_pending
+        self.max_in_flight = config.max_in_flight
+        self.max_in_flight_bytes = config.max_in_flight_bytes
         self._client: MqttClient | None = None
         self._pending: list[Message] = []
         self._pending_acks: list[Ack] = []
-        self._batches: deque[tuple[list[Message], int]] = deque()
+        # Batches not yet taken by the engine: [messages, their acks, payload bytes].
+        self._batches: deque[list[Any]] = deque()
         self._batch_ready = asyncio.Event()
         self._flush_scheduled = False
-        self._acks: InOrderAcks[list[Ack]] = InOrderAcks()
+        # Taken and not yet acknowledged: per token, the acks, the messages and their bytes.
+        self._acks: InOrderAcks[tuple[list[Ack], int, int]] = InOrderAcks()
+        self._unacked = 0
+        # Read from the socket and not yet acknowledged (pending or taken): the bound.
+        self._held = self._held_bytes = 0
         self._backoff = Backoff(config.broker.reconnect_min, config.broker.reconnect_max)
         self._connected = asyncio.Event()
         self._subscribed = asyncio.Event()
@@ -147,7 +165,8 @@ class MqttSource(Source[MqttSourceConfig]):
             session_expiry=b.session_expiry, receive_maximum=b.receive_maximum,
             keepalive=b.keepalive, tls=ssl_context(b.tls) if b.tls else None,
             username=username, password=password)
-        client = GmqttClient(settings, self, component_id=self.id)
+        client = make_client(b.client, settings, self, component_id=self.id)
+        client.max_batch = self.batch_size
         self._client = client
         while True:
             try:
@@ -255,13 +274,21 @@ class MqttSource(Source[MqttSourceConfig]):
     def keeps(self, config: MqttSourceConfig) -> bool:
         """The same broker and login: the connection and session stay; subscriptions and
         batch size change live (:meth:`reconfigure`)."""
-        live = {"subscriptions": self.config.subscriptions, "batch_size": self.config.batch_size}
+        live = {"subscriptions": self.config.subscriptions, "batch_size": self.config.batch_size,
+                "max_in_flight": self.config.max_in_flight,
+                "max_in_flight_bytes": self.config.max_in_flight_bytes}
         return config.model_copy(update=live) == self.config
 
     async def reconfigure(self, config: MqttSourceConfig, timeout: float) -> None:
         await self.update_subscriptions(config.subscriptions, timeout)
         self.batch_size = config.batch_size
+        self.max_in_flight = config.max_in_flight
+        self.max_in_flight_bytes = config.max_in_flight_bytes
+        if self._client is not None:
+            self._client.max_batch = config.batch_size
         self.config = config
+        self._pause_if_full()
+        self._resume_if_room()
 
     async def update_subscriptions(self, subscriptions: Mapping[str, int],
                                    timeout: float = 10.0) -> None:
@@ -370,48 +397,108 @@ class MqttSource(Source[MqttSourceConfig]):
             self._flush_scheduled = True
             asyncio.get_running_loop().call_soon(self._flush)
 
+    def mqtt_batch(self, inbound: Any) -> None:
+        """Messages of one socket read as columns (the asyncio client)."""
+        topics, flags, props = inbound.topics, inbound.flags, inbound.properties
+        n = len(topics)
+        first = flags[0]
+        if flags.count(first) == n:  # the usual case: one QoS, no retained messages
+            qos: Any = repeat(first >> 1 & 3)
+            retain: Any = repeat(bool(first & 1))
+        else:
+            qos = [f >> 1 & 3 for f in flags]
+            retain = [bool(f & 1) for f in flags]
+        if props.count(None) == n:
+            properties: Any = (repeat(_FLAG_PROPERTIES[first & 9]) if flags.count(first) == n
+                               else [_FLAG_PROPERTIES[f & 9] for f in flags])
+        else:
+            properties = [_FLAG_PROPERTIES[f & 9] if p is None
+                          else {**p, "dup": f >> 3, "retain": f & 1}
+                          for f, p in zip(flags, props)]
+        payloads = inbound.payloads
+        messages = list(map(Message, topics, payloads, qos, retain, repeat(time.time()),
+                            properties, repeat(NOT_DECODED), repeat(self.id)))
+        self._take(messages, [] if inbound.ack is None else [inbound.ack],
+                   sum(map(len, payloads)))
+
     # -- batching ----------------------------------------------------------------
 
     def _flush(self) -> None:
         self._flush_scheduled = False
         if not self._pending:
             return
-        seq = self._acks.add(self._pending_acks)
-        self._batches.append((self._pending, seq))
-        self.received += len(self._pending)
+        messages, acks = self._pending, self._pending_acks
         self._pending, self._pending_acks = [], []
+        self._take(messages, acks, sum(map(len, map(_payload, messages))))
+
+    def _take(self, messages: list[Message], acks: list[Ack], size: int) -> None:
+        """Queue a read's messages (``size`` payload bytes) for the engine: with the batch it
+        has not taken yet when they fit, else as a new batch."""
+        self.received += len(messages)
+        self._held += len(messages)
+        self._held_bytes += size
+        batches = self._batches
+        if batches:
+            tail = batches[-1]
+            if len(tail[0]) + len(messages) <= self.batch_size:
+                tail[0].extend(messages)
+                tail[1].extend(acks)
+                tail[2] += size
+                self._pause_if_full()
+                return
+        batches.append([messages, acks, size])
         self._batch_ready.set()
         self._pause_if_full()
 
     def _pause_if_full(self) -> None:
         client = self._client
-        if (len(self._batches) >= self.max_pending and client is not None
-                and not client.reading_paused and not self._hold_open):
+        if ((self._held >= self.max_in_flight or self._held_bytes >= self.max_in_flight_bytes)
+                and client is not None and not client.reading_paused and not self._hold_open):
             client.pause_reading()
+
+    def _resume_if_room(self) -> None:
+        client = self._client
+        if (client is not None and client.reading_paused
+                and self._held < self.max_in_flight // 2
+                and self._held_bytes < self.max_in_flight_bytes // 2):
+            client.resume_reading()
 
     async def read(self) -> tuple[list[Message], int]:
         while not self._batches:
             self._batch_ready.clear()
             await self._batch_ready.wait()
-        batch = self._batches.popleft()
-        client = self._client
-        if client is not None and client.reading_paused \
-                and len(self._batches) < self.max_pending // 2:
-            client.resume_reading()
-        return batch
+        messages, acks, size = self._batches.popleft()
+        token = self._acks.add((acks, len(messages), size))
+        self._unacked += len(messages)
+        return messages, token
 
     def ack(self, token: int) -> None:
         """Mark batch ``token`` done; send acks for every done batch in arrival order."""
         released = self._acks.done(token)
-        if not released or self._client is None:
+        if not released:
             return
-        sent, stale = self._client.send_acks(chain.from_iterable(released))
+        count = sum(n for _, n, _ in released)
+        self._unacked -= count
+        self._held -= count
+        self._held_bytes -= sum(size for _, _, size in released)
+        if self._client is None:
+            return
+        sent, stale = self._client.send_acks(chain.from_iterable(acks for acks, _, _ in released))
         self.acked += sent
         self.stale_acks += stale
+        self._resume_if_room()
 
     @property
     def in_flight(self) -> int:
-        return sum(len(v) for v in self._acks.items())
+        """Messages handed to the engine and not yet acknowledged."""
+        return self._unacked
+
+
+_payload = attrgetter("payload")
+
+# The properties of a message without MQTT 5 properties, by its DUP and RETAIN bits: shared
+# dicts (read only), not one per message.
+_FLAG_PROPERTIES = {bits: {"dup": bits >> 3, "retain": bits & 1} for bits in (0, 1, 8, 9)}
 
 
 def suback_error(refused: dict[str, int], component_id: str) -> Exception:

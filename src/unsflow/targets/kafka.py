@@ -40,7 +40,6 @@ from __future__ import annotations
 import asyncio
 import logging
 import threading
-from functools import partial
 from typing import Any, Literal
 
 import orjson
@@ -57,7 +56,7 @@ from unsflow._kafka import (
     import_confluent,
 )
 from unsflow.config.models import TargetConfig
-from unsflow.engine.topics import TEMPLATE_FIELDS, compile_template
+from unsflow.engine.topics import TEMPLATE_FIELDS, compile_template, topic_only
 from unsflow.errors import ComponentError, NotConnected, TransientError
 from unsflow.message import NOT_DECODED, Failure, Message
 from unsflow.targets.base import Target
@@ -139,7 +138,12 @@ def mqtt_headers(msg: Message, cache: dict[tuple[str, int, bool], list[Any]] | N
 
 
 class _Reports:
-    """Delivery reports of one batch; resolves its future when the last arrives."""
+    """Delivery reports of one batch; resolves its future when the last arrives.
+
+    One callback (``report``) serves every message of the batch: a failed
+    message is recognised by its topic, key and value, not by a closure per
+    message (cheaper; messages with the same three are interchangeable).
+    """
 
     __slots__ = ("done", "errors", "expected", "future", "lock", "loop")
 
@@ -149,13 +153,13 @@ class _Reports:
         self.lock = threading.Lock()
         self.done = 0
         self.expected: int | None = None
-        self.errors: list[tuple[int, Any]] = []
+        self.errors: list[tuple[Any, Any]] = []
 
-    def report(self, index: int, err: Any, _msg: Any) -> None:
+    def report(self, err: Any, msg: Any) -> None:
         # librdkafka's thread that polls (the poller, or stop()'s flush).
         with self.lock:
             if err is not None:
-                self.errors.append((index, err))
+                self.errors.append((err, msg))
             self.done += 1
             finished = self.done == self.expected
         if finished:
@@ -168,6 +172,24 @@ class _Reports:
         if finished:
             self.loop.call_soon_threadsafe(_resolve, self.future)
 
+    def failed(self, items: list[Any]) -> list[tuple[int, Any]]:
+        """(index in ``items``, error) of each failed delivery."""
+        if not self.errors:
+            return []
+        where: dict[tuple[Any, ...], list[int]] = {}
+        for i, (_, topic, key, value, _) in enumerate(items):
+            where.setdefault((topic, _bytes(key), value), []).append(i)
+        out = []
+        for err, msg in self.errors:
+            candidates = where.get((msg.topic(), msg.key(), msg.value()))
+            # Unknown (never expected): -1, which fails the whole batch for a retry.
+            out.append((candidates.pop(0) if candidates else -1, err))
+        return out
+
+
+def _bytes(key: Any) -> bytes | None:
+    return key.encode() if isinstance(key, str) else key
+
 
 class KafkaTarget(Target[KafkaTargetConfig]):
     config_class = KafkaTargetConfig
@@ -179,6 +201,10 @@ class KafkaTarget(Target[KafkaTargetConfig]):
         self._key = compile_template(c.key, self.id) if c.key is not None else None
         self._valid_topics: set[str] = set()
         self._headers: dict[tuple[str, int, bool], list[Any]] = {}
+        # QoS, retain, Kafka topic, key and headers by MQTT topic, when the templates use
+        # only the topic (not the record or Kafka headers).
+        self._topic_only = topic_only(c.topic) and (c.key is None or topic_only(c.key))
+        self._per_topic: dict[str, tuple[int, bool, str, str | None, list[Any]]] = {}
         self._producer: Any = None
         self._settings: dict[str, Any] = {}
         self._watch = ErrorWatch(self.id, log)
@@ -276,24 +302,7 @@ class KafkaTarget(Target[KafkaTargetConfig]):
     async def write(self, batch: list[Message]) -> list[Failure]:
         assert self._produce_lock is not None
         failures: list[Failure] = []
-        items: list[tuple[Message, str, str | None, bytes, list[Any]]] = []
-        for msg in batch:
-            try:
-                topic = self._topic(msg)
-                key = self._key(msg) if self._key is not None else None
-            except (KeyError, IndexError, AttributeError) as exc:
-                failures.append(Failure(msg, f"topic or key template ({self.config.topic!r}, "
-                                             f"{self.config.key!r}) needs {exc}", self.stage))
-                continue
-            if topic not in self._valid_topics:
-                if not TOPIC_NAME.match(topic) or topic in (".", ".."):
-                    failures.append(Failure(msg, f"Kafka topic {topic!r}: expected 1-249 "
-                                                 "letters, digits, '.', '_' or '-'", self.stage))
-                    continue
-                if len(self._valid_topics) < _CACHE_SIZE:
-                    self._valid_topics.add(topic)
-            value = msg.payload if msg.record is NOT_DECODED else orjson.dumps(msg.record)
-            items.append((msg, topic, key, value, mqtt_headers(msg, self._headers)))
+        items = self._items(batch, failures)
         if not items:
             return failures
         reports = _Reports(asyncio.get_running_loop())
@@ -322,9 +331,49 @@ class KafkaTarget(Target[KafkaTargetConfig]):
                                  f"{len(items)} messages within {deadline:.0f}s",
                                  component_id=self.id) from None
         failures.extend(Failure(items[i][0], why, self.stage) for i, why in refused)
-        failures.extend(self._classify(items, reports.errors))
-        self.delivered += len(items) - len(refused) - len(reports.errors)
+        errors = reports.failed(items)
+        failures.extend(self._classify(items, errors))
+        self.delivered += len(items) - len(refused) - len(errors)
         return failures
+
+    def _items(self, batch: list[Message], failures: list[Failure]
+               ) -> list[tuple[Message, str, str | None, bytes, list[Any]]]:
+        """(message, topic, key, value, headers) per message; template failures to
+        ``failures``. Topic, key and headers that depend on the MQTT topic alone are
+        computed once per topic (a UNS repeats a bounded set of topics)."""
+        items: list[tuple[Message, str, str | None, bytes, list[Any]]] = []
+        append = items.append
+        per_topic = self._per_topic
+        cacheable = self._topic_only
+        for msg in batch:
+            props = msg.properties
+            plain = msg.headers is None and (props is None or (
+                "content_type" not in props and "user_property" not in props))
+            known = per_topic.get(msg.topic) if plain else None
+            if known is not None and known[0] == msg.qos and known[1] == msg.retain:
+                value = msg.payload if msg.record is NOT_DECODED else orjson.dumps(msg.record)
+                append((msg, known[2], known[3], value, known[4]))
+                continue
+            try:
+                topic = self._topic(msg)
+                key = self._key(msg) if self._key is not None else None
+            except (KeyError, IndexError, AttributeError) as exc:
+                failures.append(Failure(msg, f"topic or key template ({self.config.topic!r}, "
+                                             f"{self.config.key!r}) needs {exc}", self.stage))
+                continue
+            if topic not in self._valid_topics:
+                if not TOPIC_NAME.match(topic) or topic in (".", ".."):
+                    failures.append(Failure(msg, f"Kafka topic {topic!r}: expected 1-249 "
+                                                 "letters, digits, '.', '_' or '-'", self.stage))
+                    continue
+                if len(self._valid_topics) < _CACHE_SIZE:
+                    self._valid_topics.add(topic)
+            headers = mqtt_headers(msg, self._headers)
+            if plain and cacheable and len(per_topic) < _CACHE_SIZE:
+                per_topic[msg.topic] = (msg.qos, msg.retain, topic, key, headers)
+            value = msg.payload if msg.record is NOT_DECODED else orjson.dumps(msg.record)
+            append((msg, topic, key, value, headers))
+        return items
 
     def _produce_all(self, producer: Any, items: list[tuple[Message, str, str | None, bytes,
                                                           list[Any]]],
@@ -340,13 +389,16 @@ class KafkaTarget(Target[KafkaTargetConfig]):
 
         produce = producer.produce
         report = reports.report
+        stamps: dict[float, int] = {}  # a read's messages share one receive time
         for i in range(start, len(items)):
             msg, topic, key, value, headers = items[i]
-            ts = int(msg.received_at * 1000) if msg.received_at > 0 else 0
+            at = msg.received_at
+            ts = stamps.get(at)
+            if ts is None:
+                ts = stamps[at] = int(at * 1000) if at > 0 else 0
             while True:
                 try:
-                    produce(topic, value, key, headers=headers, timestamp=ts,
-                            on_delivery=partial(report, i))
+                    produce(topic, value, key, headers=headers, timestamp=ts, on_delivery=report)
                     break
                 except BufferError:
                     if not wait:
@@ -373,6 +425,8 @@ class KafkaTarget(Target[KafkaTargetConfig]):
         for index, err in errors:
             if err.fatal():
                 self._fatal = err
+                transient.append(err)
+            elif index < 0:
                 transient.append(err)
             elif err.code() in permanent and not err.retriable():
                 topic = items[index][1]

@@ -7,7 +7,9 @@ Contract:
   fsynced under a hidden staging name, renamed into place and its directory
   fsynced. Concurrent writes share a buffer and so one object: a flush comes
   at ``batching.max-records`` rows, ``max-bytes`` payload bytes, or
-  ``max-age`` seconds after the first buffered row, whichever is first.
+  ``max-age`` seconds after the first buffered row, whichever is first, or
+  ``max-idle`` seconds after the last row when at least a tenth of either
+  limit waits (a burst or a drained backlog ends).
 - Objects are atomic: readers never see a partial one (an S3 PUT is all or
   nothing, and so is a multipart upload, used above ``multipart-chunk-size``;
   locally obstore writes ``<key>#<n>`` and renames, and unsflow adds fsync
@@ -32,10 +34,10 @@ Contract:
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import gzip
 import re
 from dataclasses import dataclass, field
+from operator import attrgetter
 from typing import TYPE_CHECKING, Any, Literal, Self
 from urllib.parse import urlsplit
 
@@ -47,7 +49,7 @@ from unsflow.config.models import BatchingConfig, SecretRef, TargetConfig
 from unsflow.errors import NotConnected, PermanentError, TransientError
 from unsflow.lake._deps import require
 from unsflow.lake.layout import Layout, Partition, content_digest, unique_name
-from unsflow.lake.parquet import encode_parquet
+from unsflow.lake.parquet import encode_parquet, json_parquet
 from unsflow.lake.rows import METADATA_COLUMNS, encode_message, parquet_rows
 from unsflow.lake.store import (
     NO_CREDENTIAL_SCHEMES,
@@ -64,6 +66,7 @@ if TYPE_CHECKING:
 __all__ = ["ObjectStoreTarget", "ObjectStoreTargetConfig"]
 
 _NAME = r"^[A-Za-z][A-Za-z0-9_]*$"
+_payload = attrgetter("payload")
 _MIB = 1024 * 1024
 
 
@@ -148,10 +151,17 @@ class ObjectStoreTargetConfig(TargetConfig):
 
 @dataclass
 class _Buffer:
-    """Rows bound for one object; every writer with rows here awaits ``future``."""
+    """Rows bound for one partition; every writer with rows here awaits ``future``.
+
+    An entry is ``(message, encoded)``: its rows (Parquet) or JSON lines; or
+    the message alone: one row, its JSON object payload, encoded in the flush
+    (the columnar path; no tuple per message). ``messages_only`` tells that
+    every entry is of that last kind.
+    """
 
     future: asyncio.Future[list[Failure]]
-    entries: list[tuple[Message, Any]] = field(default_factory=list)
+    entries: list[Any] = field(default_factory=list)
+    messages_only: bool = True
 
 
 class ObjectStoreTarget(Target[ObjectStoreTargetConfig]):
@@ -166,6 +176,7 @@ class ObjectStoreTarget(Target[ObjectStoreTargetConfig]):
         self._pending: dict[tuple[str, ...], _Buffer] = {}
         self._rows = self._bytes = 0
         self._first_at: float | None = None
+        self._last_at = 0.0  # loop time of the last write that buffered rows
         self._has_rows = asyncio.Event()
         self._full = asyncio.Event()
         self._closing = False
@@ -205,42 +216,61 @@ class ObjectStoreTarget(Target[ObjectStoreTargetConfig]):
         if self._flusher is None or self._flusher.done() or self._closing:
             raise NotConnected("object store target is not started (or stopping)",
                                component_id=self.id)
-        good, failures = ensure_records(batch, self.config.event_type, self.stage)
         loop = asyncio.get_running_loop()
         touched: dict[int, _Buffer] = {}
-        for msg, rows in good:
-            if not rows:
-                continue
-            try:
-                entry = self._encode_rows(msg, rows)
-            except TypeError as exc:
-                failures.append(Failure(msg, str(exc), self.stage))
-                continue
-            key = self._layout.partition(msg)
-            buf = self._pending.get(key)
-            if buf is None:
-                buf = self._pending[key] = _Buffer(loop.create_future())
-            buf.entries.append((msg, entry))
-            touched[id(buf)] = buf
-            self._rows += len(rows)
-            self._bytes += len(msg.payload)
+        failures: list[Failure] = []
+        if self.config.format == "parquet" and self.config.event_type == "single":
+            # One row per message: decoded and encoded in the flush's worker thread, all
+            # messages of an object together (lake.parquet.json_parquet), or by the row path
+            # there when a payload is not a JSON object.
+            for key, messages in self._layout.groups(batch):
+                buf = self._buffer(key, loop)
+                buf.entries.extend(messages)
+                touched[id(buf)] = buf
+                self._rows += len(messages)
+                self._bytes += sum(map(len, map(_payload, messages)))
+        else:
+            good, failures = ensure_records(batch, self.config.event_type, self.stage)
+            for msg, rows in good:
+                if not rows:
+                    continue
+                try:
+                    entry = self._encode_rows(msg, rows)
+                except TypeError as exc:
+                    failures.append(Failure(msg, str(exc), self.stage))
+                    continue
+                buf = self._buffer(self._layout.partition(msg), loop)
+                buf.entries.append((msg, entry))
+                buf.messages_only = False
+                touched[id(buf)] = buf
+                self._rows += len(rows)
+                self._bytes += len(msg.payload)
         if not touched:
             return failures
+        self._last_at = loop.time()
         if self._first_at is None:
-            self._first_at = loop.time()
+            self._first_at = self._last_at
             self._has_rows.set()
         limits = self.config.batching
         if self._rows >= limits.max_records or self._bytes >= limits.max_bytes:
             self._full.set()
         # asyncio.wait, not gather: a cancelled writer must not cancel futures others share.
         await asyncio.wait([buf.future for buf in touched.values()])
-        own = {id(msg) for msg in batch}
         errors = [buf.future.exception() for buf in touched.values()]
         if error := next((e for e in errors if e is not None), None):
             raise error
-        for buf in touched.values():
-            failures.extend(f for f in buf.future.result() if id(f.message) in own)
+        results = [buf.future.result() for buf in touched.values()]
+        if any(results):
+            own = {id(msg) for msg in batch}
+            for result in results:
+                failures.extend(f for f in result if id(f.message) in own)
         return failures
+
+    def _buffer(self, key: tuple[str, ...], loop: asyncio.AbstractEventLoop) -> _Buffer:
+        buf = self._pending.get(key)
+        if buf is None:
+            buf = self._pending[key] = _Buffer(loop.create_future())
+        return buf
 
     def _encode_rows(self, msg: Message, rows: list[dict[str, Any]]) -> Any:
         if self.config.format == "jsonl":
@@ -251,15 +281,33 @@ class ObjectStoreTarget(Target[ObjectStoreTargetConfig]):
         loop = asyncio.get_running_loop()
         while True:
             await self._has_rows.wait()
-            if not self._closing and self._first_at is not None:
-                delay = self._first_at + self.config.batching.max_age - loop.time()
-                if delay > 0:
-                    with contextlib.suppress(TimeoutError):
-                        await asyncio.wait_for(self._full.wait(), delay)
+            while not self._closing and self._first_at is not None:
+                delay = self._due() - loop.time()
+                if delay <= 0:
+                    break
+                try:
+                    await asyncio.wait_for(self._full.wait(), delay)
+                    break
+                except TimeoutError:
+                    continue  # due now, or rows came in meanwhile: look again
             self._has_rows.clear()
             await self._flush()
             if self._closing and not self._pending:
                 return
+
+    def _due(self) -> float:
+        """When (loop time) the buffered rows are to be written: ``max-age`` after the first;
+        earlier, ``max-idle`` after the last, once a tenth of max-records or max-bytes waits
+        (a burst that ended); while less waits, look again ``max-idle`` later."""
+        limits = self.config.batching
+        assert self._first_at is not None
+        due = self._first_at + limits.max_age
+        idle = limits.max_idle
+        if idle is None:
+            return due
+        if self._rows * 10 >= limits.max_records or self._bytes * 10 >= limits.max_bytes:
+            return min(due, self._last_at + idle)
+        return min(due, asyncio.get_running_loop().time() + idle)
 
     async def _flush(self) -> None:
         """Write every buffered partition (one object each) and settle its writers."""
@@ -270,8 +318,10 @@ class ObjectStoreTarget(Target[ObjectStoreTargetConfig]):
         try:
             # An object holds at most max-records rows (a message's rows stay together),
             # so "50 messages per object" means 50, however much arrived before the flush.
+            most = self.config.batching.max_records
             jobs = [(key, buf, chunk) for key, buf in pending.items()
-                    for chunk in _chunks(buf.entries, self.config.batching.max_records)]
+                    for chunk in (_slices(buf.entries, most) if buf.messages_only
+                                  else _chunks(buf.entries, most))]
             results = await asyncio.gather(
                 *(asyncio.to_thread(self._write_object, key, chunk) for key, _, chunk in jobs),
                 return_exceptions=True)
@@ -292,24 +342,56 @@ class ObjectStoreTarget(Target[ObjectStoreTargetConfig]):
                                                           "completed", component_id=self.id))
 
     def _write_object(self, partition: tuple[str, ...],
-                      entries: list[tuple[Message, Any]]) -> list[Failure]:
+                      entries: list[Any]) -> list[Failure]:
         """Encode and store one object (worker thread); the failures are unencodable messages."""
         data, failures = self._encode(entries)
         if data:
             cfg = self.config
             if cfg.object_names == "deterministic":
-                name = f"{cfg.object_prefix}-{content_digest(entries)}{self._ext}"
+                # The messages the object holds (not those that failed to encode).
+                failed = {id(f.message) for f in failures}
+                pairs = [e if type(e) is tuple else (e, None) for e in entries]
+                held = [p for p in pairs if id(p[0]) not in failed] if failed else pairs
+                name = f"{cfg.object_prefix}-{content_digest(held)}{self._ext}"
             else:
                 name = unique_name(cfg.object_prefix, self._ext)
             assert self._writer is not None
             self._writer.put(self._layout.key(partition, name), data)
         return failures
 
-    def _encode(self, entries: list[tuple[Message, Any]]) -> tuple[bytes, list[Failure]]:
+    def _encode(self, entries: list[Any]) -> tuple[bytes, list[Failure]]:
         if self.config.format == "jsonl":
             data = b"".join(lines for _, lines in entries)
             return (gzip.compress(data, mtime=0) if self.config.compression == "gzip" else data), []
-        return encode_parquet(entries, self.config.compression, self.stage)
+        compression = self.config.compression
+        if not any(type(e) is tuple for e in entries):
+            errors = (require("pyarrow").ArrowException, ValueError, TypeError, OverflowError)
+            try:
+                columnar = json_parquet(entries, compression, self._reserved)
+            except errors:
+                columnar = None  # the row path finds the messages that cannot be written
+            if columnar is not None:
+                return columnar, []
+        # The row path: payloads that are not JSON objects, a record of a reserved field
+        # name, or values that cannot be written.
+        undecided = [e for e in entries if type(e) is not tuple]
+        decoded, failures = ensure_records(undecided, self.config.event_type, self.stage)
+        rows_of = {id(m): records for m, records in decoded}
+        rows: list[tuple[Message, Any]] = []
+        for entry in entries:
+            msg, encoded = entry if type(entry) is tuple else (entry, None)
+            if encoded is None:
+                records = rows_of.get(id(msg))
+                if records is None:
+                    continue  # a failure already
+                try:
+                    encoded = parquet_rows(msg, records, self._reserved)
+                except TypeError as exc:
+                    failures.append(Failure(msg, str(exc), self.stage))
+                    continue
+            rows.append((msg, encoded))
+        data, more = encode_parquet(rows, compression, self.stage) if rows else (b"", [])
+        return data, failures + more
 
     async def stop(self) -> None:
         self._closing = True
@@ -325,14 +407,21 @@ class ObjectStoreTarget(Target[ObjectStoreTargetConfig]):
                 flusher.cancel()
 
 
-def _chunks(entries: list[tuple[Message, Any]], max_rows: int) -> list[list[tuple[Message, Any]]]:
+def _slices(entries: list[Any], max_rows: int) -> list[list[Any]]:
+    """Split entries of one row each into runs of at most ``max_rows``."""
+    return [entries[i:i + max_rows] for i in range(0, len(entries), max_rows)]
+
+
+def _chunks(entries: list[Any], max_rows: int) -> list[list[Any]]:
     """Split entries into runs of at most ``max_rows`` rows; one message is never split."""
     chunks: list[list[tuple[Message, Any]]] = []
     current: list[tuple[Message, Any]] = []
     rows = 0
     for entry in entries:
-        encoded = entry[1]  # rows (parquet) or JSON lines (jsonl)
-        n = len(encoded) if isinstance(encoded, list) else max(1, encoded.count(b"\n"))
+        # rows (parquet), JSON lines (jsonl), or a message alone: one row
+        encoded = entry[1] if type(entry) is tuple else None
+        n = 1 if encoded is None else len(encoded) if isinstance(encoded, list) \
+            else max(1, encoded.count(b"\n"))
         if current and rows + n > max_rows:
             chunks.append(current)
             current, rows = [], 0
