@@ -54,6 +54,8 @@ def _setup_logging(level: str, fmt: str) -> None:
     logging.getLogger("gmqtt").setLevel(logging.WARNING)
     # One line per HTTP request would drown the log at edge message rates.
     logging.getLogger("httpx").setLevel(logging.WARNING)
+    # asyncua logs each connect attempt at INFO; the OPC UA source says it once with context.
+    logging.getLogger("asyncua").setLevel(logging.WARNING)
 
 
 @click.group()

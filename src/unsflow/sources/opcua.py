@@ -304,7 +304,9 @@ class OpcuaSource(Source[OpcuaSourceConfig]):
             except Exception as exc:  # noqa: BLE001 - every failure to connect is retried
                 self._report_connect_error(exc, delay)
                 if client is not None:
-                    await _quiet_disconnect(client)
+                    # Only the socket: there is no session or channel to close politely,
+                    # and asyncua logs a traceback for each one it cannot close.
+                    _close_socket(client)
                 await asyncio.sleep(delay)
                 delay = min(delay * 2, self.config.reconnect_max)
                 continue
@@ -613,6 +615,13 @@ def _why(exc: BaseException) -> str:
     name = type(exc).__name__
     text = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
     return f"{name}: {text}" if text and name not in text else (text or name)
+
+
+def _close_socket(client: Any) -> None:
+    try:
+        client.disconnect_socket()
+    except Exception as exc:  # noqa: BLE001 - already broken; only the reason is of interest
+        log.debug("closing a client that did not connect: %s", _why(exc))
 
 
 async def _quiet_disconnect(client: Any) -> None:
