@@ -69,7 +69,7 @@ kafka_javac() {
 }
 
 install_kafka() {
-    local java missing=() tmp
+    local java missing=()
     java=$(kafka_java || true)
     # Kafka 4 brokers need Java 17+; javac compiles the readiness probe.
     if [ -z "$java" ] || [ "$(java_major "$java")" -lt 17 ] || ! kafka_javac >/dev/null; then
@@ -79,27 +79,9 @@ install_kafka() {
     command -v openssl >/dev/null 2>&1 || missing+=(openssl)
     [ ${#missing[@]} -eq 0 ] || apt_install "${missing[@]}"
 
-    [ -f "$KAFKA_CACHE/.complete" ] && return 0
-    mkdir -p "$KAFKA_CACHE"
-    # One download at a time per cache (parallel data dirs share the cache).
-    exec 8>"$KAFKA_CACHE/.lock"
-    flock -w 900 8 || die "another install holds $KAFKA_CACHE/.lock for 900 s"
-    if [ -f "$KAFKA_CACHE/.complete" ]; then
-        exec 8>&-
-        return 0
-    fi
-    log "resolving org.apache.kafka:kafka_2.13:$KAFKA_VERSION and its runtime dependencies (mvn) into $KAFKA_LIBS"
-    cat >"$KAFKA_CACHE/pom.xml" <<EOF
-<?xml version="1.0" encoding="UTF-8"?>
-<!-- Written by scripts/services.d/kafka.sh: the jars of the test Kafka. -->
-<project xmlns="http://maven.apache.org/POM/4.0.0">
-  <modelVersion>4.0.0</modelVersion>
-  <groupId>local.unsflow</groupId>
-  <artifactId>kafka-runtime</artifactId>
-  <version>$KAFKA_VERSION</version>
-  <packaging>pom</packaging>
-  <dependencies>
-    <!-- kafka.Kafka (broker + controller), kafka.tools.StorageTool, SCRAM (kafka-clients) -->
+    # kafka.Kafka (broker + controller), kafka.tools.StorageTool, SCRAM (kafka-clients);
+    # Kafka 4.x logs through SLF4J 1.7, sent to log4j2 by the binding.
+    maven_libs "$KAFKA_CACHE" "org.apache.kafka:kafka_2.13:$KAFKA_VERSION" "
     <dependency>
       <groupId>org.apache.kafka</groupId>
       <artifactId>kafka_2.13</artifactId>
@@ -109,33 +91,10 @@ install_kafka() {
       <groupId>org.apache.logging.log4j</groupId>
       <artifactId>log4j-slf4j-impl</artifactId>
       <version>$KAFKA_LOG4J_VERSION</version>
-    </dependency>
-  </dependencies>
-  <build>
-    <plugins>
-      <plugin>
-        <groupId>org.apache.maven.plugins</groupId>
-        <artifactId>maven-dependency-plugin</artifactId>
-        <version>3.8.1</version>
-      </plugin>
-    </plugins>
-  </build>
-</project>
-EOF
-    tmp=$KAFKA_CACHE/libs.tmp
-    rm -rf "$tmp" "$KAFKA_CACHE/probe"
-    (cd "$KAFKA_CACHE" && mvn -q -B dependency:copy-dependencies -DincludeScope=runtime \
-        -DoutputDirectory="$tmp" </dev/null >"$KAFKA_CACHE/mvn.log" 2>&1) || {
-        tail -n 40 "$KAFKA_CACHE/mvn.log" >&2
-        die "mvn could not resolve kafka_2.13:$KAFKA_VERSION (log: $KAFKA_CACHE/mvn.log)"
-    }
-    [ -f "$tmp/kafka_2.13-$KAFKA_VERSION.jar" ] || die "mvn finished but $tmp has no kafka_2.13-$KAFKA_VERSION.jar"
-    rm -rf "$KAFKA_LIBS"
-    mv "$tmp" "$KAFKA_LIBS"
+    </dependency>"
+    [ -f "$KAFKA_LIBS/kafka_2.13-$KAFKA_VERSION.jar" ] ||
+        die "$KAFKA_LIBS has no kafka_2.13-$KAFKA_VERSION.jar; remove $KAFKA_CACHE and try again"
     kafka_compile_probe
-    touch "$KAFKA_CACHE/.complete"
-    exec 8>&-
-    log "kafka $KAFKA_VERSION: $(find "$KAFKA_LIBS" -name '*.jar' | wc -l) jars in $KAFKA_LIBS"
 }
 
 # The readiness probe, compiled against the cached jars; again when its source changed.

@@ -44,21 +44,7 @@ install_opcua() {
         missing+=(openjdk-17-jdk-headless)
     command -v mvn >/dev/null 2>&1 || missing+=(maven)
     [ ${#missing[@]} -eq 0 ] || apt_install "${missing[@]}"
-    mkdir -p "$OPCUA_CACHE"
-    exec 8>"$OPCUA_CACHE/.lock"
-    flock -w 900 8 || die "opcua: another install holds $OPCUA_CACHE/.lock for 900 s"
-    if [ ! -f "$OPCUA_CACHE/.complete" ]; then
-        log "resolving org.eclipse.milo:sdk-server:$MILO_VERSION (mvn) into $OPCUA_LIBS"
-        cat >"$OPCUA_CACHE/pom.xml" <<EOF
-<?xml version="1.0" encoding="UTF-8"?>
-<!-- Written by scripts/services.d/opcua.sh: the jars of the test OPC UA server. -->
-<project xmlns="http://maven.apache.org/POM/4.0.0">
-  <modelVersion>4.0.0</modelVersion>
-  <groupId>local.unsflow</groupId>
-  <artifactId>opcua-test-server</artifactId>
-  <version>$MILO_VERSION</version>
-  <packaging>pom</packaging>
-  <dependencies>
+    maven_libs "$OPCUA_CACHE" "org.eclipse.milo:sdk-server:$MILO_VERSION" "
     <dependency>
       <groupId>org.eclipse.milo</groupId>
       <artifactId>sdk-server</artifactId>
@@ -68,30 +54,10 @@ install_opcua() {
       <groupId>org.slf4j</groupId>
       <artifactId>slf4j-simple</artifactId>
       <version>1.7.36</version>
-    </dependency>
-  </dependencies>
-  <build>
-    <plugins>
-      <plugin>
-        <groupId>org.apache.maven.plugins</groupId>
-        <artifactId>maven-dependency-plugin</artifactId>
-        <version>3.8.1</version>
-      </plugin>
-    </plugins>
-  </build>
-</project>
-EOF
-        rm -rf "$OPCUA_CACHE/libs.tmp"
-        (cd "$OPCUA_CACHE" && mvn -q -B dependency:copy-dependencies -DincludeScope=runtime \
-            -DoutputDirectory="$OPCUA_CACHE/libs.tmp" </dev/null >"$OPCUA_CACHE/mvn.log" 2>&1) || {
-            tail -n 40 "$OPCUA_CACHE/mvn.log" >&2
-            exec 8>&-
-            die "opcua: mvn could not resolve org.eclipse.milo:sdk-server:$MILO_VERSION (log: $OPCUA_CACHE/mvn.log)"
-        }
-        rm -rf "$OPCUA_LIBS"
-        mv "$OPCUA_CACHE/libs.tmp" "$OPCUA_LIBS"
-        touch "$OPCUA_CACHE/.complete"
-    fi
+    </dependency>"
+    # One compile at a time per cache (several data dirs share it).
+    exec 8>"$OPCUA_CACHE/.compile.lock"
+    flock -w 900 8 || die "opcua: another install holds $OPCUA_CACHE/.compile.lock for 900 s"
     opcua_compile
     exec 8>&-
 }
