@@ -101,40 +101,12 @@ def run_dashboard(config: DashboardConfig, scrubber: Scrubber,
                   on_started: Any = None) -> None:
     """Serve until SIGINT or SIGTERM (``on_started()`` once listening); returns after a clean
     stop."""
-    try:
-        import uvicorn
-    except ImportError as exc:
-        raise MissingDependency("uvicorn", "dashboard") from exc
+    from unsflow._uvicorn import serve_app
+
     check_access(config)
-
-    class Server(uvicorn.Server):
-        @contextlib.contextmanager
-        def capture_signals(self) -> Iterator[None]:
-            # As `unsflow serve`: a clean stop exits 0 instead of re-raising the signal.
-            previous = {sig: signal.signal(sig, self.handle_exit)
-                        for sig in (signal.SIGINT, signal.SIGTERM)}
-            try:
-                yield
-            finally:
-                for sig, handler in previous.items():
-                    signal.signal(sig, handler)
-
-        def handle_exit(self, sig: int, frame: Any) -> None:
-            hub_close()
-            super().handle_exit(sig, frame)
-
-        async def startup(self, sockets: Any = None) -> None:
-            await super().startup(sockets)
-            if self.started and on_started is not None:
-                on_started()
-
     app = build(config, scrubber)
-    hub_close = _find_hub_close(app)
-    server = Server(uvicorn.Config(app, host=config.host, port=config.port, access_log=False,
-                                   log_config=None, lifespan="on", timeout_graceful_shutdown=3))
-    server.run()
-    if not server.started:
-        raise SystemExit(1)  # uvicorn logged why (the port is taken, a secret not found, ...)
+    serve_app(app, config.host, config.port, extra="dashboard", graceful_seconds=3,
+              on_stop=_find_hub_close(app), on_started=on_started)
 
 
 def _find_hub_close(app: Any) -> Any:
