@@ -138,6 +138,26 @@ _FIELD_ROOTS = frozenset({"topic", "target", "levels", "record", "headers"})
 _CACHE_SIZE = 65536  # distinct topics remembered by a template of the topic alone
 
 
+def check_fields(template: str, known: set[str]) -> None:
+    """Raise ``ValueError`` unless ``template`` is a format string whose fields are all in
+    ``known`` (a component's own topic template: OPC UA, Sparkplug B).
+
+    >>> check_fields("plant/{name}", {"name"})
+    >>> check_fields("plant/{nmae}", {"name", "node_id"})
+    Traceback (most recent call last):
+    ...
+    ValueError: unknown field(s) ['nmae'] (known: name, node_id)
+    """
+    try:
+        fields = {f for _, f, _, _ in string.Formatter().parse(template) if f is not None}
+    except ValueError as exc:
+        raise ValueError(f"not a topic template: {exc}") from None
+    unknown = fields - known
+    if unknown:
+        raise ValueError(f"unknown field(s) {sorted(unknown)} (known: "
+                         f"{', '.join(sorted(known))})")
+
+
 def topic_only(template: str) -> bool:
     """Whether ``template`` is filled from the topic (and target name) alone, so that its
     value can be remembered per topic.

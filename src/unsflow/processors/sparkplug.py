@@ -52,7 +52,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import string
 import threading
 import time
 from collections.abc import Iterator
@@ -62,10 +61,6 @@ from typing import Any, Literal
 from pydantic import Field, field_validator
 
 from unsflow.codecs import decode_json, value_column
-from unsflow.config.models import Model, ProcessorConfig, SecretRef, TlsConfig
-from unsflow.errors import DecodeError, UnsflowError
-from unsflow.message import Failure, Message
-from unsflow.processors.base import Processor, ProcessResult
 from unsflow.codecs.sparkplug import (
     DATATYPES,
     SparkplugTopic,
@@ -75,6 +70,11 @@ from unsflow.codecs.sparkplug import (
     property_set,
     rebirth_payload,
 )
+from unsflow.config.models import Model, ProcessorConfig, SecretRef, TlsConfig
+from unsflow.engine.topics import check_fields
+from unsflow.errors import DecodeError, UnsflowError
+from unsflow.message import Failure, Message
+from unsflow.processors.base import Processor, ProcessResult
 
 __all__ = ["RebirthConfig", "SparkplugProcessor", "SparkplugProcessorConfig"]
 
@@ -130,14 +130,7 @@ class SparkplugProcessorConfig(ProcessorConfig):
     def _check_topic(cls, value: str | None) -> str | None:
         if value is None:
             return None
-        try:
-            fields = {f for _, f, _, _ in string.Formatter().parse(value) if f is not None}
-        except ValueError as exc:
-            raise ValueError(f"not a topic template: {exc}") from None
-        unknown = fields - _TOPIC_FIELDS
-        if unknown:
-            raise ValueError(f"unknown field(s) {sorted(unknown)} (known: "
-                             f"{', '.join(sorted(_TOPIC_FIELDS))})")
+        check_fields(value, _TOPIC_FIELDS)
         return value
 
 

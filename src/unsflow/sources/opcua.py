@@ -41,7 +41,6 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import logging
-import string
 import time
 from collections import deque
 from collections.abc import Iterator
@@ -54,7 +53,7 @@ from pydantic import Field, field_validator, model_validator
 from unsflow.codecs import value_column
 from unsflow.config.models import Model, SecretRef, SourceConfig
 from unsflow.engine.acks import InOrderAcks
-from unsflow.engine.topics import topic_problem
+from unsflow.engine.topics import check_fields, topic_problem
 from unsflow.errors import ComponentError, MissingDependency, SecretError
 from unsflow.message import Message
 from unsflow.sources._opcua_values import epoch_ms, opcua_value, status_name
@@ -142,14 +141,7 @@ class OpcuaSourceConfig(SourceConfig):
     @field_validator("topic")
     @classmethod
     def _check_topic(cls, value: str) -> str:
-        try:
-            fields = {f for _, f, _, _ in string.Formatter().parse(value) if f is not None}
-        except ValueError as exc:
-            raise ValueError(f"not a topic template: {exc}") from None
-        unknown = fields - _TOPIC_FIELDS
-        if unknown:
-            raise ValueError(f"unknown field(s) {sorted(unknown)} (known: "
-                             f"{', '.join(sorted(_TOPIC_FIELDS))})")
+        check_fields(value, _TOPIC_FIELDS)
         return value
 
     @model_validator(mode="after")
