@@ -65,6 +65,20 @@ def cpu_seconds(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / CLK_TCK
 
 
+def thread_cpu_seconds(pid: int) -> dict[str, float]:
+    """User + system CPU seconds per thread name (threads of one name summed) of a live
+    process: e.g. librdkafka's ``rdk:*`` threads apart from Python's main thread."""
+    out: dict[str, float] = {}
+    for task in Path(f"/proc/{pid}/task").iterdir():
+        try:
+            name, _, rest = (task / "stat").read_text().partition(" (")[2].rpartition(")")
+        except OSError:  # the thread ended
+            continue
+        fields = rest.split()
+        out[name] = out.get(name, 0.0) + (int(fields[11]) + int(fields[12])) / CLK_TCK
+    return out
+
+
 def percentile(samples: Sequence[float], q: float) -> float:
     if not samples:
         return float("nan")

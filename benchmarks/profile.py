@@ -1,8 +1,9 @@
 """Where unsflow's CPU goes while it drains a QoS 1 backlog into local Parquet (py-spy).
 
-``python -m benchmarks.profile [--messages 300000] [--out benchmarks/profiles/after.txt]``
+``python -m benchmarks.profile [--messages 300000] [--size 80] [--native] [--out FILE]``
 
-A broker of its own; a persistent session holding N QoS 1 messages (80 B JSON);
+A broker of its own; a persistent session holding N QoS 1 messages (JSON of ``--size``
+bytes, 80 by default);
 ``unsflow run`` on examples/local-datalake.json (as the backlog benchmark) under
 ``py-spy record`` (200 samples/s; a sample is one thread's stack, a thread
 waiting for the GIL counts in the function it waits in). Start-up (imports,
@@ -65,6 +66,9 @@ def aggregate(raw: Path, top: int = 30) -> str:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--messages", type=int, default=300_000)
+    parser.add_argument("--size", type=int, default=80, help="payload bytes (80, 1024, 10240)")
+    parser.add_argument("--native", action="store_true",
+                        help="with native frames (C, Rust: pyarrow, zstd, the compiled core)")
     parser.add_argument("--out", type=Path, default=None)
     parser.add_argument("--src", type=Path, default=None,
                         help="profile the unsflow package of another checkout's src/ (e.g. "
@@ -74,11 +78,13 @@ def main() -> None:
     workdir = Path(tempfile.mkdtemp(prefix="unsflow-profile-"))
     raw = workdir / "profile"
     os.environ["UNSFLOW_BENCH_PROFILE"] = str(raw)
+    if args.native:
+        os.environ["UNSFLOW_BENCH_PROFILE_NATIVE"] = "1"
     with own_broker(BROKER_CONF) as broker:
         cid = f"profile-{os.getpid()}"
         lake = workdir / "lake"
         make_session(broker, cid, 1)
-        publish_backlog(broker, n, 80)
+        publish_backlog(broker, n, args.size)
         config = lake_config(broker, cid, lake, 1)
         env = {"PYTHONPATH": str(args.src.resolve())} if args.src else None
         run = Unsflow(config, workdir, "drain", env)
@@ -94,7 +100,7 @@ def main() -> None:
             end_session(broker, cid)
     summary = aggregate(Path(f"{raw}.drain.txt"))
     shutil.rmtree(workdir, ignore_errors=True)
-    head = (f"unsflow draining {n} QoS 1 messages (80 B) into Parquet: {n / elapsed:,.0f} msg/s, "
+    head = (f"unsflow draining {n} QoS 1 messages ({args.size} B) into Parquet: {n / elapsed:,.0f} msg/s, "
             f"{cpu / n * 1e6:.2f} CPU us/msg, load average {os.getloadavg()[0]:.1f}\n"
             f"code: {args.src or 'commit ' + os.popen(f'git -C {REPO} rev-parse --short HEAD').read().strip()}\n")
     text = head + "\n" + summary + "\n"
