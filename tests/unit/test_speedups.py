@@ -183,7 +183,8 @@ def test_json_columns_takes_a_steady_stream_and_leaves_the_rest() -> None:
     for odd in (b'{"a": {"b": 1}}', b'{"a": [1]}', b"[1]", b'{"a": 1, "a": 2}',
                 b'{"a": 18446744073709551615}', b"not json", b'{"a": 1e400}', b'{"a": 01}',
                 b'{"a": "\\ud800"}', b'{"a": "tab\tinside"}', b'{"a": 1,}', b'{"a": 1} x',
-                b'{"a": "\xff"}', b'{"a": NaN}', b'{"a": .5}', b'{"a": 1.}', b'{"a": +1}'):
+                b'{"a": "\xff"}', b'{"\xc3": 1}', b'{"a": "ok \\n \xe9t\xe9"}',
+                b'{"a": "\xed\xa0\x80"}', b'{"a": 1}\xc3\xa9', b'{"a": NaN}', b'{"a": .5}', b'{"a": 1.}', b'{"a": +1}'):
         assert fast.json_columns([good[0], odd]) is None, odd
     (_, kind, _, _, data, _), = fast.json_columns([b'{"a": -0}'])  # orjson: the int 0
     assert kind == "int64" and bytes(data) == bytes(8)
@@ -191,3 +192,30 @@ def test_json_columns_takes_a_steady_stream_and_leaves_the_rest() -> None:
     assert kind == "string" and bytes(data) == "\u00e9\U0001F600\n".encode()
     mixed = [b'{"a": 1}', b'{"a": "x"}']
     assert fast.json_columns(mixed) is None
+
+
+def test_json_columns_reuses_big_buffers_only_after_arrow_let_them_go() -> None:
+    """Big text buffers go back to a pool when their Arrow column is freed, and serve the
+    next batch: a table still alive keeps its bytes whatever is built meanwhile."""
+    import gc
+
+    import pyarrow as pa
+
+    from unsflow.lake.parquet import _arrow_columns
+
+    def batch(letter: str, n: int = 300) -> list[bytes]:
+        return [orjson.dumps({"i": i, "note": f"{letter}{i:05d}" + letter * 8000,
+                              "w": "\u00e9t\u00e9"}) for i in range(n)]
+
+    def table(payloads: list[bytes]) -> Any:
+        built = fast.json_columns(payloads)
+        return pa.table(_arrow_columns(built, len(payloads)), names=[c[0] for c in built])
+
+    first = table(batch("a"))
+    for letter in "bcdbc":  # built, dropped, the buffers reused
+        other = table(batch(letter))
+        assert other.column("note")[7].as_py() == f"{letter}00007" + letter * 8000
+        del other
+        gc.collect()
+    assert first.column("note").to_pylist() == [f"a{i:05d}" + "a" * 8000 for i in range(300)]
+    assert set(first.column("w").to_pylist()) == {"\u00e9t\u00e9"}
