@@ -140,12 +140,13 @@ def reference_backlog(broker: Broker, n: int, size: int, qos: int, tag: str) -> 
     cid = f"ref-{tag}-{uuid.uuid4().hex[:8]}"
     make_session(broker, cid, qos)
     publish_backlog(broker, n, size)
-    t0 = time.perf_counter()
+    t0, broker0 = time.perf_counter(), cpu_seconds(broker.pid)
     proc = mosquitto_sub(broker, qos, n, client_id=cid)
     cpu, rss = wait_child(proc)
     elapsed = time.perf_counter() - t0
+    broker_cpu = cpu_seconds(broker.pid) - broker0
     end_session(broker, cid)
-    return Measured(elapsed, n, cpu, rss)
+    return Measured(elapsed, n, cpu, rss, {"mosquitto_cpu_s": broker_cpu})
 
 
 def unsflow_backlog(broker: Broker, n: int, size: int, qos: int, tag: str,
@@ -160,16 +161,17 @@ def unsflow_backlog(broker: Broker, n: int, size: int, qos: int, tag: str,
     run = Unsflow(config, workdir, tag)
     try:
         run.start("connected to")
-        t0, cpu0 = time.time(), cpu_seconds(run.pid)
+        t0, cpu0, broker0 = time.time(), cpu_seconds(run.pid), cpu_seconds(broker.pid)
         rows, end = wait_lake(lake, n)
         cpu = cpu_seconds(run.pid) - cpu0
+        broker_cpu = cpu_seconds(broker.pid) - broker0
         peak = peak_rss_mib(run.pid)
     finally:
         run.stop()
     end_session(broker, cid)
     if rows < n:
         raise RuntimeError(f"unsflow wrote {rows} of {n} rows")
-    return Measured(end - t0, rows, cpu, peak)
+    return Measured(end - t0, rows, cpu, peak, {"mosquitto_cpu_s": broker_cpu})
 
 
 # ------------------------------------------------------------------ live
@@ -256,6 +258,10 @@ def _result(name: str, n: int, size: int, ours: Measured, ref: Measured, ref_nam
         "unsflow_cpu_us_per_msg": round(ours.cpu_s / max(1, ours.messages) * 1e6, 2),
         "unsflow_peak_rss_mib": round(ours.peak_rss_mib, 1),
         "reference_peak_rss_mib": round(ref.peak_rss_mib, 1),
+        **({"mosquitto_cpu_us_per_msg": round(ours.extra["mosquitto_cpu_s"] / n * 1e6, 2),
+            "reference_mosquitto_cpu_us_per_msg": round(ref.extra["mosquitto_cpu_s"] / n * 1e6,
+                                                        2)}
+           if "mosquitto_cpu_s" in ours.extra and "mosquitto_cpu_s" in ref.extra else {}),
         "goal": goal, "met": met, **extra,
     }
 
