@@ -253,6 +253,19 @@ def unsflow_live(broker: Broker, n: int, size: int, qos: int, workdir: Path) -> 
 # ------------------------------------------------------------------ scenarios
 
 
+def _broker_share(ours: Measured, ref: Measured, n: int) -> dict[str, Any]:
+    """Mosquitto's CPU per message on each side; how busy the cores were while unsflow
+    drained (its CPU and Mosquitto's over the elapsed time); and the ratio that CPU
+    would allow at best, spread perfectly over every core."""
+    cpu = ours.cpu_s + ours.extra["mosquitto_cpu_s"]
+    cores = os.cpu_count() or 1
+    return {"mosquitto_cpu_us_per_msg": round(ours.extra["mosquitto_cpu_s"] / n * 1e6, 2),
+            "reference_mosquitto_cpu_us_per_msg": round(ref.extra["mosquitto_cpu_s"] / n * 1e6,
+                                                        2),
+            "cores_busy": round(cpu / ours.seconds, 2),
+            "ratio_ceiling_at_this_cpu": round(ref.seconds / (cpu / cores), 3)}
+
+
 def _result(name: str, n: int, size: int, ours: Measured, ref: Measured, ref_name: str,
             goal: str, met: bool, **extra: Any) -> dict[str, Any]:
     return {
@@ -263,9 +276,7 @@ def _result(name: str, n: int, size: int, ours: Measured, ref: Measured, ref_nam
         "unsflow_cpu_us_per_msg": round(ours.cpu_s / max(1, ours.messages) * 1e6, 2),
         "unsflow_peak_rss_mib": round(ours.peak_rss_mib, 1),
         "reference_peak_rss_mib": round(ref.peak_rss_mib, 1),
-        **({"mosquitto_cpu_us_per_msg": round(ours.extra["mosquitto_cpu_s"] / n * 1e6, 2),
-            "reference_mosquitto_cpu_us_per_msg": round(ref.extra["mosquitto_cpu_s"] / n * 1e6,
-                                                        2)}
+        **(_broker_share(ours, ref, n)
            if "mosquitto_cpu_s" in ours.extra and "mosquitto_cpu_s" in ref.extra else {}),
         "goal": goal, "met": met, **extra,
     }
