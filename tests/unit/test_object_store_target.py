@@ -234,6 +234,35 @@ async def test_max_records_flushes_before_max_age(tmp_path: Path) -> None:
         await t.stop()
 
 
+async def test_a_burst_and_its_tail_are_written_when_it_ends_a_trickle_waits(
+        tmp_path: Path) -> None:
+    """max-idle: a burst that fills objects has its tail, however small, written once the
+    rows stop; a trickle (a tenth of a limit never waits) still fills objects up to
+    max-age, and so does one after a burst has ended."""
+    root = tmp_path / "lake"
+    t = target(root, batching={"max-records": 100, "max-age": 0.8, "max-idle": 0.05})
+    loop = asyncio.get_running_loop()
+    await t.start()
+    try:
+        async def timed(batch: list[Message]) -> float:
+            began = loop.time()
+            assert await asyncio.wait_for(t.write(batch), 5) == []
+            return loop.time() - began
+
+        # A trickle: 5 rows (under a tenth of 100) wait for max-age.
+        assert await timed([msg(b'{"a": %d}' % i) for i in range(5)]) >= 0.7
+        # A burst: a full object, then a tail of 3 rows, written as soon as rows stop.
+        assert await timed([msg(b'{"b": %d}' % i) for i in range(100)]) < 0.5
+        assert await timed([msg(b'{"b": %d}' % i) for i in range(100, 103)]) < 0.5
+        # The burst has ended: a new trickle waits for max-age again.
+        assert await timed([msg(b'{"c": 1}')]) >= 0.7
+        assert len(files(root)) == 4
+    finally:
+        await t.stop()
+    rows = duck_lake(root)
+    assert sorted(r["b"] for r in rows if r.get("b") is not None) == list(range(103))
+
+
 async def test_stop_flushes_waiting_writers(tmp_path: Path) -> None:
     root = tmp_path / "lake"
     t = target(root, batching={"max-age": 60})

@@ -139,9 +139,10 @@ class BatchingConfig(Model):
     max_age: float = Field(1.0, gt=0, description="Flush when the oldest record is this old (s).")
     max_idle: float | None = Field(
         0.1, gt=0, description="Flush early when no record arrived for this long (s) and at "
-        "least a tenth of max-records (or of max-bytes) waits: the end of a burst or of a "
-        "drained backlog is written (and acknowledged) at once, not max-age later; a trickle "
-        "still waits for max-age. null: never early.")
+        "least a tenth of max-records (or of max-bytes) waits, or the last flush was of a full "
+        "batch: the end of a burst or of a drained backlog, its tail included, is written "
+        "(and acknowledged) at once, not max-age later; a trickle still waits for max-age. "
+        "null: never early.")
 
 
 class ComponentConfig(Model):

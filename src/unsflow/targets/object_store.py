@@ -177,6 +177,9 @@ class ObjectStoreTarget(Target[ObjectStoreTargetConfig]):
         self._rows = self._bytes = 0
         self._first_at: float | None = None
         self._last_at = 0.0  # loop time of the last write that buffered rows
+        # The last flush was of a full buffer: rows are coming in a burst (a drained
+        # backlog), and what waits now is its tail, however small.
+        self._in_burst = False
         self._has_rows = asyncio.Event()
         self._full = asyncio.Event()
         self._closing = False
@@ -298,20 +301,24 @@ class ObjectStoreTarget(Target[ObjectStoreTargetConfig]):
     def _due(self) -> float:
         """When (loop time) the buffered rows are to be written: ``max-age`` after the first;
         earlier, ``max-idle`` after the last, once a tenth of max-records or max-bytes waits
-        (a burst that ended); while less waits, look again ``max-idle`` later."""
+        or the last flush was of a full buffer (a burst that ended, and its tail); while less
+        waits, look again ``max-idle`` later."""
         limits = self.config.batching
         assert self._first_at is not None
         due = self._first_at + limits.max_age
         idle = limits.max_idle
         if idle is None:
             return due
-        if self._rows * 10 >= limits.max_records or self._bytes * 10 >= limits.max_bytes:
+        if self._in_burst or self._rows * 10 >= limits.max_records \
+                or self._bytes * 10 >= limits.max_bytes:
             return min(due, self._last_at + idle)
         return min(due, asyncio.get_running_loop().time() + idle)
 
     async def _flush(self) -> None:
         """Write every buffered partition (one object each) and settle its writers."""
         pending, self._pending = self._pending, {}
+        # A flush of a full buffer: a burst; the next flush by time (its tail) ends it.
+        self._in_burst = self._full.is_set() and not self._closing
         self._rows = self._bytes = 0
         self._first_at = None
         self._full.clear()
