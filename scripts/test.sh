@@ -80,4 +80,13 @@ export PATH
 # worker, so its module-scoped services start once): most tests wait on brokers,
 # processes and disks more than they compute. UNSFLOW_TEST_WORKERS=0 runs them in this
 # process, one after another.
-exec "$PYTHON" -m pytest -q -n "${UNSFLOW_TEST_WORKERS:-3}" --dist loadfile "$@"
+# On CI (CI set, as .ci/run's callers do) nothing reuses the services afterwards: stop
+# them when the suite ends. On a workstation they stay up for the next run.
+case "${CI:-}" in
+    ""|false|0)
+        exec "$PYTHON" -m pytest -q -n "${UNSFLOW_TEST_WORKERS:-3}" --dist loadfile "$@" ;;
+esac
+status=0
+"$PYTHON" -m pytest -q -n "${UNSFLOW_TEST_WORKERS:-3}" --dist loadfile "$@" || status=$?
+bash scripts/services.sh down >/dev/null 2>&1 || echo "test: services.sh down failed" >&2
+exit "$status"
