@@ -23,7 +23,7 @@ from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Self
 
 REPO = Path(__file__).resolve().parents[1]
 if str(REPO / "src") not in sys.path:
@@ -57,6 +57,45 @@ def peak_rss_mib(pid: int) -> float:
         if line.startswith("VmHWM:"):
             return int(line.split()[1]) / 1024
     return float("nan")
+
+
+class PeakAnon:
+    """The peak of a process's anonymous RSS (RssAnon: its own memory, without the pages
+    of the files it maps), sampled every 10 ms in a thread while in the ``with`` block.
+    The kernel keeps a high-water mark of the whole RSS only (VmHWM), whose file-backed
+    part depends on how the page cache holds the shared libraries."""
+
+    def __init__(self, pid: int) -> None:
+        import threading
+
+        self.pid = pid
+        self.peak_kib = 0
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._sample, daemon=True)
+
+    def _sample(self) -> None:
+        path = Path(f"/proc/{self.pid}/status")
+        while not self._stop.wait(0.01):
+            try:
+                text = path.read_text()
+            except OSError:
+                return
+            for line in text.splitlines():
+                if line.startswith("RssAnon:"):
+                    self.peak_kib = max(self.peak_kib, int(line.split()[1]))
+                    break
+
+    @property
+    def mib(self) -> float:
+        return self.peak_kib / 1024
+
+    def __enter__(self) -> Self:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._thread.join(1)
 
 
 def cpu_seconds(pid: int) -> float:

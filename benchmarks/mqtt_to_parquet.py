@@ -53,6 +53,7 @@ from benchmarks.common import (
     TOPIC,
     Broker,
     Measured,
+    PeakAnon,
     Unsflow,
     count_rows,
     cpu_seconds,
@@ -167,7 +168,8 @@ def unsflow_backlog(broker: Broker, n: int, size: int, qos: int, tag: str,
     try:
         run.start("connected to")
         t0, cpu0, broker0 = time.time(), cpu_seconds(run.pid), cpu_seconds(broker.pid)
-        rows, end = wait_lake(lake, n)
+        with PeakAnon(run.pid) as anon:
+            rows, end = wait_lake(lake, n)
         cpu = cpu_seconds(run.pid) - cpu0
         broker_cpu = cpu_seconds(broker.pid) - broker0
         peak = peak_rss_mib(run.pid)
@@ -176,7 +178,8 @@ def unsflow_backlog(broker: Broker, n: int, size: int, qos: int, tag: str,
     end_session(broker, cid)
     if rows < n:
         raise RuntimeError(f"unsflow wrote {rows} of {n} rows")
-    return Measured(end - t0, rows, cpu, peak, {"mosquitto_cpu_s": broker_cpu})
+    return Measured(end - t0, rows, cpu, peak, {"mosquitto_cpu_s": broker_cpu,
+                                                "peak_anon_mib": anon.mib})
 
 
 # ------------------------------------------------------------------ live
@@ -276,6 +279,8 @@ def _result(name: str, n: int, size: int, ours: Measured, ref: Measured, ref_nam
         "unsflow_cpu_us_per_msg": round(ours.cpu_s / max(1, ours.messages) * 1e6, 2),
         "unsflow_peak_rss_mib": round(ours.peak_rss_mib, 1),
         "reference_peak_rss_mib": round(ref.peak_rss_mib, 1),
+        **({"unsflow_peak_anon_mib": round(ours.extra["peak_anon_mib"], 1)}
+           if "peak_anon_mib" in ours.extra else {}),
         **(_broker_share(ours, ref, n)
            if "mosquitto_cpu_s" in ours.extra and "mosquitto_cpu_s" in ref.extra else {}),
         "goal": goal, "met": met, **extra,
