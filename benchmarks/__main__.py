@@ -7,7 +7,7 @@ and the machine's load average (other work on a shared machine moves absolute
 figures; the ratio is the contract). Lines are also appended to
 ``build/benchmarks.jsonl``.
 
-    python -m benchmarks                      # everything (about 10 minutes on 2 cores)
+    python -m benchmarks                      # everything (about 3 minutes on 2 cores)
     python -m benchmarks --only live-q0 backlog-q1-80B
     python -m benchmarks --only mqtt_to_kafka --repeat 3
     python -m benchmarks --quick              # a tenth of the messages: a smoke run
