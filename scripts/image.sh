@@ -41,26 +41,16 @@ die() {
     exit 1
 }
 
-as_root() {
-    if [ "$(id -u)" -eq 0 ]; then
-        "$@"
-    elif command -v sudo >/dev/null 2>&1; then
-        sudo "$@"
-    else
-        die "need root for '$*' (debootstrap and buildah's chroot builds) and sudo is not installed"
-    fi
-}
+# as_root (debootstrap and buildah's chroot builds need root), apt_install
+# shellcheck source=scripts/lib.sh
+. "$REPO_ROOT/scripts/lib.sh"
 
 ensure_packages() {
     local missing=()
     command -v buildah >/dev/null 2>&1 || missing+=(buildah)
     command -v debootstrap >/dev/null 2>&1 || [ -x /usr/sbin/debootstrap ] || missing+=(debootstrap)
     [ ${#missing[@]} -eq 0 ] && return 0
-    command -v apt-get >/dev/null 2>&1 || die "install ${missing[*]} (Debian packages) and run this again"
-    log "installing ${missing[*]} (apt-get)"
-    as_root env DEBIAN_FRONTEND=noninteractive apt-get update -q >/dev/null
-    as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends \
-        "${missing[@]}" >/dev/null
+    apt_install "${missing[@]}" >/dev/null
 }
 
 buildah_() { as_root env STORAGE_DRIVER="$STORAGE_DRIVER" BUILDAH_ISOLATION="$BUILDAH_ISOLATION" buildah "$@"; }

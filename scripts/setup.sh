@@ -39,15 +39,9 @@ while [ $# -gt 0 ]; do
     esac
 done
 
-as_root() {
-    if [ "$(id -u)" -eq 0 ]; then
-        "$@"
-    elif command -v sudo >/dev/null 2>&1; then
-        sudo "$@"
-    else
-        die "need root to run '$*' and sudo is not installed"
-    fi
-}
+# as_root, apt_install
+# shellcheck source=scripts/lib.sh
+. "$REPO_ROOT/scripts/lib.sh"
 
 # The interpreter to install into: the one asked for, else this checkout's .venv.
 # scripts/test.sh and scripts/quickstart.sh pick it the same way.
@@ -63,10 +57,7 @@ make_venv() {
     if [ ! -x "$VENV/bin/python" ]; then
         # Debian's python3 has the venv module but not ensurepip without python3-venv.
         if ! python3 -c 'import ensurepip' >/dev/null 2>&1; then
-            command -v apt-get >/dev/null 2>&1 || die "python3 cannot create a venv (no ensurepip); install python3-venv"
-            log "installing python3-venv (apt-get)"
-            as_root env DEBIAN_FRONTEND=noninteractive apt-get update -q
-            as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -q python3-venv
+            apt_install python3-venv
         fi
         log "creating a virtual environment at $VENV"
         python3 -m venv "$VENV"
