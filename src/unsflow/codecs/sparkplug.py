@@ -108,6 +108,16 @@ def parse_topic(topic: str) -> SparkplugTopic:
 # (message path, [(field name, number, label, type, message type or None, oneof or None)])
 _O, _R = "optional", "repeated"
 _VALUE = "value"
+_SCALARS = (("int_value", "uint32"), ("long_value", "uint64"), ("float_value", "float"),
+            ("double_value", "double"), ("boolean_value", "bool"), ("string_value", "string"))
+
+
+def _scalar_values(first: int) -> list[tuple[str, int, str, str, str | None, str | None]]:
+    """The scalar fields of the ``value`` oneof that four Sparkplug messages share, numbered
+    from ``first``."""
+    return [(name, first + i, _O, kind, None, _VALUE) for i, (name, kind) in enumerate(_SCALARS)]
+
+
 _SCHEMA: list[tuple[str, list[tuple[str, int, str, str, str | None, str | None]]]] = [
     ("Payload", [
         ("timestamp", 1, _O, "uint64", None, None),
@@ -126,12 +136,7 @@ _SCHEMA: list[tuple[str, list[tuple[str, int, str, str, str | None, str | None]]
     ("Payload.Template.Parameter", [
         ("name", 1, _O, "string", None, None),
         ("type", 2, _O, "uint32", None, None),
-        ("int_value", 3, _O, "uint32", None, _VALUE),
-        ("long_value", 4, _O, "uint64", None, _VALUE),
-        ("float_value", 5, _O, "float", None, _VALUE),
-        ("double_value", 6, _O, "double", None, _VALUE),
-        ("boolean_value", 7, _O, "bool", None, _VALUE),
-        ("string_value", 8, _O, "string", None, _VALUE),
+        *_scalar_values(3),
     ]),
     ("Payload.DataSet", [
         ("num_of_columns", 1, _O, "uint64", None, None),
@@ -140,12 +145,7 @@ _SCHEMA: list[tuple[str, list[tuple[str, int, str, str, str | None, str | None]]
         ("rows", 4, _R, "message", "Payload.DataSet.Row", None),
     ]),
     ("Payload.DataSet.DataSetValue", [
-        ("int_value", 1, _O, "uint32", None, _VALUE),
-        ("long_value", 2, _O, "uint64", None, _VALUE),
-        ("float_value", 3, _O, "float", None, _VALUE),
-        ("double_value", 4, _O, "double", None, _VALUE),
-        ("boolean_value", 5, _O, "bool", None, _VALUE),
-        ("string_value", 6, _O, "string", None, _VALUE),
+        *_scalar_values(1),
     ]),
     ("Payload.DataSet.Row", [
         ("elements", 1, _R, "message", "Payload.DataSet.DataSetValue", None),
@@ -153,12 +153,7 @@ _SCHEMA: list[tuple[str, list[tuple[str, int, str, str, str | None, str | None]]
     ("Payload.PropertyValue", [
         ("type", 1, _O, "uint32", None, None),
         ("is_null", 2, _O, "bool", None, None),
-        ("int_value", 3, _O, "uint32", None, _VALUE),
-        ("long_value", 4, _O, "uint64", None, _VALUE),
-        ("float_value", 5, _O, "float", None, _VALUE),
-        ("double_value", 6, _O, "double", None, _VALUE),
-        ("boolean_value", 7, _O, "bool", None, _VALUE),
-        ("string_value", 8, _O, "string", None, _VALUE),
+        *_scalar_values(3),
         ("propertyset_value", 9, _O, "message", "Payload.PropertySet", _VALUE),
         ("propertysets_value", 10, _O, "message", "Payload.PropertySetList", _VALUE),
     ]),
@@ -189,12 +184,7 @@ _SCHEMA: list[tuple[str, list[tuple[str, int, str, str, str | None, str | None]]
         ("is_null", 7, _O, "bool", None, None),
         ("metadata", 8, _O, "message", "Payload.MetaData", None),
         ("properties", 9, _O, "message", "Payload.PropertySet", None),
-        ("int_value", 10, _O, "uint32", None, _VALUE),
-        ("long_value", 11, _O, "uint64", None, _VALUE),
-        ("float_value", 12, _O, "float", None, _VALUE),
-        ("double_value", 13, _O, "double", None, _VALUE),
-        ("boolean_value", 14, _O, "bool", None, _VALUE),
-        ("string_value", 15, _O, "string", None, _VALUE),
+        *_scalar_values(10),
         ("bytes_value", 16, _O, "bytes", None, _VALUE),
         ("dataset_value", 17, _O, "message", "Payload.DataSet", _VALUE),
         ("template_value", 18, _O, "message", "Payload.Template", _VALUE),
