@@ -24,8 +24,9 @@ from typing import TYPE_CHECKING, Any, Literal, Self
 
 from pydantic import Field, model_validator
 
+from unsflow._deps import require
 from unsflow.config.models import Model, SecretRef
-from unsflow.errors import AccessDenied, MissingDependency, PermanentError
+from unsflow.errors import AccessDenied, PermanentError
 
 if TYPE_CHECKING:
     from unsflow.components import Context
@@ -101,11 +102,7 @@ def check_client_config(value: dict[str, ClientValue]) -> dict[str, ClientValue]
 
 
 def import_confluent() -> ModuleType:
-    try:
-        import confluent_kafka
-    except ImportError as exc:
-        raise MissingDependency("confluent_kafka", "kafka") from exc
-    return confluent_kafka
+    return require("confluent_kafka", "kafka")
 
 
 async def client_settings(config: KafkaConnectionConfig, context: Context,

@@ -32,7 +32,8 @@ from collections.abc import Callable, Iterable
 from types import ModuleType
 from typing import Any
 
-from unsflow.errors import AccessDenied, MissingDependency, NotConnected, PermanentError
+from unsflow._deps import require
+from unsflow.errors import AccessDenied, NotConnected, PermanentError
 
 __all__ = ["PahoConnection", "Publisher", "paho", "publish"]
 
@@ -44,11 +45,7 @@ _LOGIN_REFUSED = {0x86, 0x87, 0x8A, 0x8C}
 
 def paho() -> ModuleType:
     """``paho.mqtt.client``; :class:`MissingDependency` when it is not installed."""
-    try:
-        import paho.mqtt.client as mqtt
-    except ImportError as exc:
-        raise MissingDependency("paho.mqtt", "dev") from exc
-    return mqtt
+    return require("paho.mqtt.client", "dev", "paho.mqtt")
 
 
 def _protocol(mqtt: ModuleType, protocol: int) -> int:

@@ -12,7 +12,7 @@ import signal
 from collections.abc import Callable, Iterator
 from typing import Any
 
-from unsflow.errors import MissingDependency
+from unsflow._deps import require
 
 __all__ = ["serve_app"]
 
@@ -24,10 +24,7 @@ def serve_app(app: Any, host: str, port: int, *, extra: str, graceful_seconds: f
     graceful shutdown), ``on_started()`` once listening. Exits 1 when it could not start
     (uvicorn logs why: the port is taken, the app's start-up failed). ``extra`` names the
     install extra that brings uvicorn."""
-    try:
-        import uvicorn
-    except ImportError as exc:
-        raise MissingDependency("uvicorn", extra) from exc
+    uvicorn = require("uvicorn", extra)
 
     class Server(uvicorn.Server):  # type: ignore[misc]
         @contextlib.contextmanager

@@ -2,17 +2,13 @@
 
 from __future__ import annotations
 
-import importlib
 from typing import Any
 
-from unsflow.errors import MissingDependency
+from unsflow import _deps
 
 __all__ = ["require"]
 
 
 def require(module: str) -> Any:
     """``module``, imported; :class:`MissingDependency` naming the ``lake`` extra if absent."""
-    try:
-        return importlib.import_module(module)
-    except ImportError:
-        raise MissingDependency(module.partition(".")[0], "lake") from None
+    return _deps.require(module, "lake", module.partition(".")[0])

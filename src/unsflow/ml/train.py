@@ -23,7 +23,8 @@ from typing import Any
 
 import numpy as np
 
-from unsflow.errors import MissingDependency, TrainingDataError
+from unsflow._deps import require
+from unsflow.errors import TrainingDataError
 from unsflow.ml.evaluate import scores
 from unsflow.ml.features import (
     LakeSpec,
@@ -102,10 +103,7 @@ class TrainResult:
 
 def _require_sklearn() -> None:
     for module in ("sklearn", "skl2onnx", "onnxruntime"):
-        try:
-            __import__(module)
-        except ImportError:
-            raise MissingDependency(module, "train") from None
+        require(module, "train")
 
 
 def _fit(kind: str, windows: Windows) -> Any:

@@ -35,11 +35,11 @@ import orjson
 from pydantic import Field, field_validator
 from pydantic_core import PydanticCustomError
 
+from unsflow._deps import require
 from unsflow.codecs import decode_json
 from unsflow.config.models import ProcessorConfig
 from unsflow.errors import (
     DecodeError,
-    MissingDependency,
     NotConnected,
     PermanentError,
     TransientError,
@@ -286,11 +286,7 @@ class _BadAnswer(ValueError):
 
 
 def _import_httpx() -> Any:
-    try:
-        import httpx
-    except ImportError as exc:
-        raise MissingDependency("httpx", "http") from exc
-    return httpx
+    return require("httpx", "http")
 
 
 def _record_of(msg: Message) -> Any:

@@ -50,11 +50,12 @@ from typing import Any, Literal, Self
 import orjson
 from pydantic import Field, field_validator, model_validator
 
+from unsflow._deps import require
 from unsflow.codecs import value_column
 from unsflow.config.models import Model, SecretRef, SourceConfig
 from unsflow.engine.acks import InOrderAcks
 from unsflow.engine.topics import check_fields, topic_problem
-from unsflow.errors import ComponentError, MissingDependency, SecretError
+from unsflow.errors import ComponentError, SecretError
 from unsflow.message import Message
 from unsflow.sources._opcua_values import epoch_ms, opcua_value, status_name
 from unsflow.sources.base import Source
@@ -596,11 +597,7 @@ class OpcuaSource(Source[OpcuaSourceConfig]):
 
 
 def _asyncua() -> Any:
-    try:
-        import asyncua
-    except ImportError as exc:
-        raise MissingDependency("asyncua", "opcua") from exc
-    return asyncua
+    return require("asyncua", "opcua")
 
 
 def _why(exc: BaseException) -> str:

@@ -39,7 +39,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from unsflow.errors import MissingDependency
+from unsflow._deps import require
 
 __all__ = ["Change", "GeneratorStats", "LineDbGenerator", "table_rows"]
 
@@ -114,11 +114,7 @@ class GeneratorStats:
 
 
 def _psycopg() -> Any:
-    try:
-        import psycopg
-    except ImportError as exc:
-        raise MissingDependency("psycopg", "postgres") from exc
-    return psycopg
+    return require("psycopg", "postgres")
 
 
 class LineDbGenerator:
