@@ -63,6 +63,7 @@ from unsflow.sources.base import Source
 __all__ = ["OpcuaNodeConfig", "OpcuaSource", "OpcuaSourceConfig", "opcua_value"]
 
 log = logging.getLogger("unsflow.sources.opcua")
+_CANCEL_EVERY = 0.5  # seconds stop() waits before cancelling the connect loop again
 
 _TOPIC_FIELDS = {"name", "browse_name", "node_id", "namespace", "identifier"}
 _CHUNK = 1000  # nodes per Read / CreateMonitoredItems call (servers cap both)
@@ -176,6 +177,7 @@ class OpcuaSource(Source[OpcuaSourceConfig]):
         self._sub: Any = None
         self._items: dict[Any, _Item] = {}
         self._task: asyncio.Task[None] | None = None
+        self._stopping = False
         self._batches: deque[tuple[list[Message], int]] = deque()
         self._batch_ready = asyncio.Event()
         self._acks: InOrderAcks[int] = InOrderAcks()
@@ -197,13 +199,18 @@ class OpcuaSource(Source[OpcuaSourceConfig]):
         or refuses the login must not stop the pipeline)."""
         _asyncua()
         self._login = await self._resolve_login()
+        self._stopping = False
         self._task = asyncio.create_task(self._run(), name=f"opcua:{self.id}")
 
     async def stop(self) -> None:
+        self._stopping = True
         task, self._task = self._task, None
-        if task is not None:
+        # Cancel until the task has ended: on Python 3.11 a cancellation that arrives as an
+        # inner wait_for completes can be lost (asyncua's connect has such waits), and one
+        # lost cancel left the retry loop running and stop() waiting for it, for minutes.
+        while task is not None and not task.done():
             task.cancel()
-            await asyncio.gather(task, return_exceptions=True)
+            await asyncio.wait({task}, timeout=_CANCEL_EVERY)
         client, self._client = self._client, None
         if client is not None:
             try:
@@ -287,7 +294,7 @@ class OpcuaSource(Source[OpcuaSourceConfig]):
 
     async def _run(self) -> None:
         delay = 0.5
-        while True:
+        while not self._stopping:
             client = None
             try:
                 client = await self._client_for()
