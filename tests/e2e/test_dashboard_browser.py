@@ -75,6 +75,19 @@ def _wait_http(url: str, proc: UnsflowProcess, timeout: float = 60.0) -> None:
     raise AssertionError(f"{url} did not answer 200 within {timeout}s:\n{proc.output[-3000:]}")
 
 
+def _wait_subscribed(base: str, proc: UnsflowProcess, timeout: float = 30.0) -> None:
+    """Until the dashboard's own MQTT subscription is confirmed (its feed is QoS 0 with a
+    clean session: what is published before it subscribed never reaches it)."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        status = httpx.get(base + "/api/state", timeout=5, trust_env=False).json()["status"]
+        if status["connected"]:
+            return
+        time.sleep(0.2)
+    raise AssertionError(f"the dashboard did not subscribe within {timeout}s:\n"
+                         f"{proc.output[-3000:]}")
+
+
 @pytest.fixture(scope="module")
 def line(mqtt_broker: Any, own_broker: OwnBroker,
          tmp_path_factory: pytest.TempPathFactory) -> Iterator[Line]:
@@ -121,6 +134,7 @@ def line(mqtt_broker: Any, own_broker: OwnBroker,
     try:
         _wait_http(f"http://127.0.0.1:{run_port}/readyz", run)
         _wait_http(f"http://127.0.0.1:{dash_port}/healthz", dashboard)
+        _wait_subscribed(f"http://127.0.0.1:{dash_port}", dashboard)
         yield Line(f"http://127.0.0.1:{dash_port}", prefix, tmp / "lake", mqtt_broker,
                    own_broker, run, dashboard)
     finally:

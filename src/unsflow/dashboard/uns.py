@@ -11,8 +11,11 @@ Bounds (whatever the message rate):
 - at most ``max_topics`` topics are tracked (later ones are counted in
   ``untracked``), each with its last payload cut to ``PAYLOAD_PREVIEW`` bytes;
 - a sensor topic keeps at most ``points_per_second`` readings per second for
-  its chart: above that, every n-th reading is kept (n follows the topic's
-  measured rate), so charts are decimated, never delayed;
+  its chart, after a burst allowance of ``MAX_PENDING`` readings (a token
+  bucket per topic, refilled at ``points_per_second``): a short burst, such as
+  a backlog of a few dozen readings after a reconnect, is charted whole however
+  it falls between two ticks; a sustained higher rate is decimated to about
+  ``points_per_second``, never delayed;
 - at most ``history`` points per series, ``MAX_ALERTS`` recent alerts, and
   ``MAX_ALERTS_PER_TICK`` new alerts parsed per tick (the rest are counted).
 
@@ -56,7 +59,7 @@ __all__ = ["Alert", "Reading", "Series", "UnsView", "parse_alert", "parse_readin
 PAYLOAD_PREVIEW = 2048
 MAX_ALERTS = 200
 MAX_ALERTS_PER_TICK = 100
-MAX_PENDING = 64  # kept payloads per topic between two ticks
+MAX_PENDING = 64  # kept payloads per topic between two ticks, and its burst allowance
 
 
 @dataclass(frozen=True)
@@ -236,8 +239,8 @@ class _Topic:
     retained: bool = False
     last: bytes = b""  # the whole last payload; cut to PAYLOAD_PREVIEW when shown
     last_at: float = 0.0
-    stride: int = 1
-    skip: int = 0
+    tokens: float = MAX_PENDING  # chart points it may keep now (refilled with time)
+    filled_at: float = 0.0  # the view's clock at the last refill
     pending: list[bytes] = field(default_factory=list)
     # Set at ticks:
     rate: float = 0.0
@@ -276,17 +279,18 @@ class UnsView:
     def ingest(self, topic: str, payload: bytes, retain: bool) -> None:
         """Note one message (cheap; may be called from another thread)."""
         with self._lock:
-            self._ingest(topic, payload, retain, time.time())
+            self._ingest(topic, payload, retain, time.time(), self._clock())
 
     def ingest_batch(self, messages: Iterable[Any]) -> None:
         """Note a batch of :class:`~unsflow.message.Message` (one lock, one clock read)."""
-        now = time.time()
+        now, mono = time.time(), self._clock()
         with self._lock:
             add = self._ingest
             for m in messages:
-                add(m.topic, m.payload, m.retain, now)
+                add(m.topic, m.payload, m.retain, now, mono)
 
-    def _ingest(self, topic: str, payload: bytes, retain: bool, now: float) -> None:
+    def _ingest(self, topic: str, payload: bytes, retain: bool, now: float,
+                mono: float) -> None:
         self.messages += 1
         entry = self.topics.get(topic)
         if entry is None:
@@ -294,7 +298,7 @@ class UnsView:
                 self.untracked += 1
                 return
             alert = any(matches(f, topic) for f in self.alert_filters)
-            entry = self.topics[topic] = _Topic(topic, alert)
+            entry = self.topics[topic] = _Topic(topic, alert, filled_at=mono)
         if retain and entry.count and self.sampling < 1.0 and payload == entry.last:
             self.redelivered += 1  # the broker sent its retained message again (resubscribed)
             return
@@ -309,11 +313,13 @@ class UnsView:
             self._pending_alerts.append((topic, payload))
             self.alerts_total += 1
             return
-        entry.skip += 1
-        if entry.skip >= entry.stride:
-            entry.skip = 0
-            if len(entry.pending) < MAX_PENDING:
-                entry.pending.append(payload)
+        tokens = min(float(MAX_PENDING),
+                     entry.tokens + (mono - entry.filled_at) * self.points_per_second)
+        entry.filled_at = mono
+        if tokens >= 1.0 and len(entry.pending) < MAX_PENDING:
+            tokens -= 1.0
+            entry.pending.append(payload)
+        entry.tokens = tokens
 
     # --- the event loop --------------------------------------------------------
 
@@ -336,8 +342,6 @@ class UnsView:
                 if self.sampling >= 1.0 or entry.alert:
                     entry.rate = 0.5 * entry.rate + 0.5 * (delta / elapsed) if entry.rate \
                         else delta / elapsed
-                if delta and not entry.alert:
-                    entry.stride = max(1, math.ceil((delta / elapsed) / self.points_per_second))
                 if entry.changed:
                     changed.append(entry.topic)
                     entry.changed = False
