@@ -10,7 +10,6 @@ import json
 import os
 import re
 import signal
-import socket
 import subprocess
 import time
 import uuid
@@ -125,14 +124,10 @@ class OwnBroker(Broker):
 
 
 def _free_ports(count: int) -> list[int]:
-    sockets = [socket.socket() for _ in range(count)]
-    try:
-        for s in sockets:
-            s.bind(("127.0.0.1", 0))
-        return [s.getsockname()[1] for s in sockets]
-    finally:
-        for s in sockets:
-            s.close()
+    """Ports for a service to bind, outside the range client sockets draw from (tests/ports.py)."""
+    from tests.ports import free_ports
+
+    return free_ports(count)
 
 
 @pytest.fixture

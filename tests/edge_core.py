@@ -36,16 +36,10 @@ class ServiceError(RuntimeError):
 
 
 def _free_ports(count: int) -> list[int]:
-    import socket
+    """Ports for a service to bind, outside the range client sockets draw from (tests/ports.py)."""
+    from tests.ports import free_ports
 
-    sockets = [socket.socket() for _ in range(count)]
-    try:
-        for s in sockets:
-            s.bind(("127.0.0.1", 0))
-        return [s.getsockname()[1] for s in sockets]
-    finally:
-        for s in sockets:
-            s.close()
+    return free_ports(count)
 
 
 def services(command: str, names: list[str], env: dict[str, str], *,
