@@ -19,15 +19,12 @@ dashboard is built.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import re
-import signal
-from collections.abc import Iterator
 from typing import TYPE_CHECKING, Any
 
 from unsflow.dashboard.config import TOKEN_ENV, DashboardConfig, is_loopback
-from unsflow.errors import MissingDependency, UnsflowError
+from unsflow.errors import UnsflowError
 
 if TYPE_CHECKING:
     from unsflow.dashboard.redact import Scrubber

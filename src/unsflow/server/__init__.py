@@ -8,12 +8,7 @@ uvicorn (extra ``serve``) are imported only when a server is built.
 
 from __future__ import annotations
 
-import contextlib
-import signal
-from collections.abc import Iterator
 from typing import TYPE_CHECKING
-
-from unsflow.errors import MissingDependency
 
 if TYPE_CHECKING:
     from unsflow.server.app import ServeConfig
