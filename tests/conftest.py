@@ -20,6 +20,9 @@ from typing import Any
 
 import pytest
 
+# Ports for services, outside the range client sockets draw from (tests/ports.py).
+from tests.ports import free_ports as _free_ports
+
 REPO_ROOT = Path(__file__).resolve().parent.parent
 SERVICES_SH = REPO_ROOT / "scripts" / "services.sh"
 
@@ -121,13 +124,6 @@ class OwnBroker(Broker):
     def kill(self) -> None:
         pid = int(Path(self.data_dir, "mosquitto", "mosquitto.pid").read_text())
         os.kill(pid, signal.SIGKILL)
-
-
-def _free_ports(count: int) -> list[int]:
-    """Ports for a service to bind, outside the range client sockets draw from (tests/ports.py)."""
-    from tests.ports import free_ports
-
-    return free_ports(count)
 
 
 @pytest.fixture

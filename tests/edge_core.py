@@ -26,6 +26,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from tests.ports import free_ports as _free_ports
+
 REPO_ROOT = Path(__file__).resolve().parent.parent
 SERVICES_SH = REPO_ROOT / "scripts" / "services.sh"
 TABLES = ("work_orders", "maintenance_events", "quality_results")
@@ -33,13 +35,6 @@ TABLES = ("work_orders", "maintenance_events", "quality_results")
 
 class ServiceError(RuntimeError):
     """scripts/services.sh failed; the message holds its output."""
-
-
-def _free_ports(count: int) -> list[int]:
-    """Ports for a service to bind, outside the range client sockets draw from (tests/ports.py)."""
-    from tests.ports import free_ports
-
-    return free_ports(count)
 
 
 def services(command: str, names: list[str], env: dict[str, str], *,
